@@ -1,0 +1,342 @@
+"""The `monitor` command: a thin layer over the library. Each command loads the settings, calls one library
+function and prints a table or, with --json, JSON. Expected failures are one line, never a traceback."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+import click
+
+log = logging.getLogger("monitor")
+
+
+def setup_logging(level: str = "info") -> None:
+    """One line per event on stderr, level first (journald keeps its own timestamps)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "apprise", "alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level) if noisy != "httpx" else logging.WARNING)
+
+
+class Ctx:
+    def __init__(self, config_path):
+        self.config_path = config_path
+        self._settings = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from monitor import config
+
+            self._settings = config.load(self.config_path, warn=lambda m: log.warning("%s", m))
+            setup_logging(self._settings.log.level)
+        return self._settings
+
+    def engine(self, *, readonly: bool = False):
+        """The store, migrated to the shipped schema first."""
+        from monitor import db
+
+        url = self.settings.database_url()
+        eng = db.make_engine(url)
+        db.upgrade(url, eng)
+        if readonly:
+            eng.dispose()
+            eng = db.make_engine(url, readonly=True)
+        return eng
+
+    def rules(self):
+        from monitor.tags import build_rules
+
+        return build_rules(self.settings.tags)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def json_option(f):
+    """--json on every listing command (one decorator, like sqlite-utils' output options)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def short(t: str | None) -> str:
+    return t.replace("T", " ")[:16] if t else "-"
+
+
+def clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def parse_date(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        d = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2025-01-01") from None
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="MONITOR_CONFIG", type=click.Path(dir_okay=False),
+              help="Config file (TOML). Default: $MONITOR_CONFIG, else built-in defaults watching status.openai.com.")
+@click.version_option(package_name="openai-status-monitor")
+@click.pass_context
+def cli(ctx, config_path):
+    """Watch status pages for file-upload incidents: should you wait, or troubleshoot locally?"""
+    ctx.obj = Ctx(config_path)
+
+
+@cli.command()
+@click.option("--page", "pages", multiple=True, help="Only this page (repeatable).")
+@pass_ctx
+def poll(c: Ctx, pages):
+    """Poll every configured page once, store what changed, deliver messages, then exit.
+
+    Exits 0 when at least one source of every page answered."""
+    import asyncio
+
+    from monitor.poll import poll_all
+
+    settings, engine = c.settings, c.engine()
+    results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None))
+    from monitor.notify.deliver import deliver_due
+
+    deliver_due(settings, engine)
+    for r in results:
+        click.echo(r.summary())
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise click.ClickException("; ".join(r.summary() for r in failed))
+
+
+@cli.command()
+@click.option("--all", "all_incidents", is_flag=True, help="Every incident, not only upload-related ones.")
+@click.option("--since", callback=parse_date, help="Only incidents that started on or after this date (UTC).")
+@click.option("--tag", "tags", multiple=True, help="Only incidents with this tag (repeatable).")
+@click.option("--page", help="Only this page.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many incidents.")
+@json_option
+@pass_ctx
+def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
+    """Past incidents, newest first: by default the upload-related ones."""
+    from monitor import db
+    from monitor import history as h
+
+    with db.transaction(c.engine(readonly=True)) as s:
+        rows = h.history(s, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit)
+    if as_json:
+        for r in rows:
+            r.pop("first_seen_at", None)
+        return emit_json(rows)
+    if not rows:
+        return click.echo("No matching incidents stored." + ("" if all_incidents else " (Try --all.)"))
+    click.echo(table([[short(r["started_at"]), r["page"], r["status"], r["impact"], clip(r["title"], 60),
+                       ",".join(r["tags"]) or "-", str(r["messages_sent"])] for r in rows],
+                     ["started (UTC)", "page", "status", "impact", "title", "tags", "sent"]))
+
+
+@cli.command()
+@click.argument("incident_id")
+@click.option("--page", help="The page, when two pages share the id.")
+@json_option
+@pass_ctx
+def show(c: Ctx, incident_id, page, as_json):
+    """One incident: its whole timeline, components, why it was tagged, and what was sent."""
+    from monitor import db
+    from monitor import history as h
+
+    with db.transaction(c.engine(readonly=True)) as s:
+        row = h.find_incident(s, incident_id, page)
+        if row is None:
+            raise click.ClickException(f"no stored incident with id {incident_id!r}")
+        d = h.incident_detail(s, row)
+    if as_json:
+        return emit_json(d)
+    out = [f"{d['title']}", f"  page {d['page']}  id {d['id']}  {d['url'] or ''}".rstrip(),
+           f"  status {d['status']}  impact {d['impact']}  started {short(d['started_at'])}  "
+           f"resolved {short(d['resolved_at'])}  first seen {short(d['first_seen_at'])}",
+           f"  sources: {', '.join(d['sources']) or '-'}"]
+    out.append("Components: " + (", ".join(f"{x['name']} ({x['impact'] or 'affected'})" for x in d["components"])
+                                 or "none listed"))
+    out.append("Tags:" + ("" if d["tags"] else " none"))
+    for t in d["tags"]:
+        out.append(f"  {t['tag']}: rule {t['rule']} matched {t['field']}: \"{t['text']}\"")
+    out.append("Updates:")
+    for u in d["updates"]:
+        out.append(f"  {short(u['published_at'])}  {u['status'] or '-'}  [{u['source']}]")
+        for line in (u["body"] or "(no text)").splitlines():
+            out.append(f"      {line}")
+    out.append("Messages:" + ("" if d["messages"] else " none"))
+    for m in d["messages"]:
+        out.append(f"  {m['event']} -> {m['notifier']}: {m['state']}"
+                   + (f" at {short(m['sent_at'])}" if m["sent_at"] else "")
+                   + (f" ({m['last_error']})" if m["last_error"] and m["state"] != "sent" else ""))
+    click.echo("\n".join(out))
+
+
+@cli.command()
+@click.option("--since", callback=parse_date, help="How far back (default: history_days of each page).")
+@click.option("--page", "pages", multiple=True, help="Only this page (repeatable).")
+@pass_ctx
+def backfill(c: Ctx, since, pages):
+    """Fetch older incidents the page still offers, with their full timelines (no messages sent)."""
+    import asyncio
+    from datetime import timedelta
+
+    from monitor.poll import client, run_backfill
+
+    settings, engine, rules = c.settings, c.engine(), c.rules()
+
+    async def go():
+        async with client() as http:
+            out = []
+            for ps in [settings.page(n) for n in pages] if pages else settings.pages:
+                start = since or datetime.now(timezone.utc) - timedelta(days=ps.history_days)
+                out.append(await run_backfill(settings, ps, engine, http, rules, since=start, details=True))
+            return out
+
+    results = asyncio.run(go())
+    for r in results:
+        click.echo(f"{r.page}: " + ("ok" if r.ok else "failed") + (f" ({'; '.join(r.errors)})" if r.errors else "")
+                   + (f", {r.new} new, {r.changed} changed" if r.ok else ""))
+    if not all(r.ok for r in results):
+        raise click.ClickException("backfill failed for " + ", ".join(r.page for r in results if not r.ok))
+
+
+@cli.command()
+@pass_ctx
+def retag(c: Ctx):
+    """Apply the current tag rules to every stored incident (after a rule change)."""
+    from monitor.retag import retag_all
+
+    changed, total = retag_all(c.engine(), c.rules())
+    click.echo(f"{changed} of {total} incidents changed tags")
+
+
+@cli.group("db")
+def db_group():
+    """The store."""
+
+
+@db_group.command("upgrade")
+@pass_ctx
+def db_upgrade(c: Ctx):
+    """Apply the shipped migrations (poll and run do this on start)."""
+    from monitor import db
+
+    url = c.settings.database_url()
+    ran = db.upgrade(url, db.make_engine(url))
+    click.echo(f"{db.safe_url(url)}: " + ("migrated to " if ran else "already at ") + db.HEAD_REVISION)
+
+
+@cli.command()
+@pass_ctx
+def run(c: Ctx):
+    """The service: poll every page on its interval and deliver messages until SIGTERM."""
+    from monitor import service
+
+    settings = c.settings
+    if settings.notifiers:
+        from monitor.notify.channels import validate
+
+        validate(settings.notifiers)
+    service.run(settings, c.engine(), c.rules())
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def status(c: Ctx, as_json):
+    """Should you wait, or troubleshoot locally? Exit 0 = no upload incident open (troubleshoot locally),
+    1 = one is open (minor), 2 = one is open (major/critical), 3 = unknown (no fresh data)."""
+    import asyncio
+
+    from monitor import db
+    from monitor import history as h
+    from monitor.verdict import CHECKLIST, decide
+
+    settings = c.settings
+    engine = c.engine()
+    now = datetime.now(timezone.utc)
+    with db.transaction(engine) as s:
+        incidents, health = h.status_inputs(s, settings)
+    stale = [p.name for p in health if not p.fresh(now)]
+    if stale:  # answer from fresh data only: poll the stale pages once first
+        from monitor.poll import poll_all
+
+        asyncio.run(poll_all(settings, engine, c.rules(), pages=stale))
+        now = datetime.now(timezone.utc)
+        with db.transaction(engine) as s:
+            incidents, health = h.status_inputs(s, settings)
+    v = decide(incidents, health, now)
+    checked = max((p.last_success_at for p in health if p.last_success_at), default=None)
+    checked_iso = checked.isoformat().replace("+00:00", "Z") if checked else None
+    if as_json:
+        emit_json({"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
+                   "incidents": list(v.incidents), "checked_at": checked_iso,
+                   "pages": [{"name": p.name, "last_success_at": p.last_success_at.isoformat().replace("+00:00", "Z")
+                              if p.last_success_at else None, "fresh": p.fresh(now),
+                              "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome}
+                             for p in health]})
+    else:
+        word = {"wait": "WAIT", "troubleshoot-locally": "TROUBLESHOOT LOCALLY", "unknown": "UNKNOWN"}[v.verdict]
+        lines = [f"{word}: {v.reason}"]
+        for i in v.incidents:
+            lines.append(f"  - {i['title']} [{i['status']}, impact {i['impact']}] since {short(i['started_at'])} UTC"
+                         + (f" {i['url']}" if i["url"] else ""))
+        for p in health:
+            if not p.fresh(now) or p.consecutive_failures:
+                lines.append(f"  ! {p.name}: last good poll {short(p.last_success_at.isoformat()) if p.last_success_at else 'never'}"
+                             f", {p.consecutive_failures} failure(s) in a row"
+                             + (f": {p.last_outcome}" if p.last_outcome else ""))
+        if v.verdict == "troubleshoot-locally":
+            lines.append("Checklist:")
+            lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
+        lines.append(f"Checked at {short(checked_iso)} UTC." if checked_iso else "Never checked successfully.")
+        click.echo("\n".join(lines))
+    sys.exit(v.exit_code)
+
+
+def main() -> None:
+    """Entry point: expected failures become one line on stderr (exit 1), usage errors exit 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from monitor.config import ConfigError
+    from monitor.db import StoreError
+
+    logging.getLogger().addHandler(logging.NullHandler())
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (ConfigError, StoreError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except SQLAlchemyError as exc:
+        click.echo(f"Error: database: {getattr(exc, 'orig', None) or exc.__class__.__name__}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"Error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), err=True)
+        sys.exit(1)

@@ -1,0 +1,199 @@
+"""Load and validate the TOML config into frozen settings. Every error names the file, the key and the reason."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+APP = "openai-status-monitor"
+IMPACTS = ("none", "minor", "major", "critical")
+EVENTS = ("opened", "updated", "resolved")
+DEFAULT_TAGS = ("file-upload", "file-expired", "data-analysis")
+
+
+class ConfigError(Exception):
+    """A config problem, as one line: `file: key: reason`."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatabaseSettings(_Frozen):
+    url: str = "sqlite:///monitor.db"
+
+
+class PageSettings(_Frozen):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    base_url: str
+    kind: Literal["auto", "statuspage", "incidentio"] = "auto"
+    poll_interval: float = Field(60, ge=1, le=86400)
+    history_days: int = Field(365, ge=0, le=3650)
+    deadline: float = Field(30, gt=0, le=600, description="seconds a whole poll may take")
+    max_response_mb: float = Field(10, gt=0, le=1024)
+    proxy_host: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://status.openai.com")
+        return v.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return self.proxy_host or urlsplit(self.base_url).netloc
+
+
+class NotifierSettings(_Frozen):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str | None = None
+    url_env: str | None = None
+    tags: tuple[str, ...] = DEFAULT_TAGS
+    events: tuple[Literal["opened", "updated", "resolved"], ...] = EVENTS
+    min_impact: Literal["none", "minor", "major", "critical"] = "none"
+
+    @model_validator(mode="after")
+    def _one_url(self):
+        if bool(self.url) == bool(self.url_env):
+            raise ValueError("set exactly one of url or url_env")
+        return self
+
+    def resolved_url(self) -> str:
+        """The apprise URL; from the environment when url_env is set."""
+        if self.url:
+            return self.url
+        value = os.environ.get(self.url_env or "", "")
+        if not value:
+            raise ConfigError(f"notifier {self.name}: environment variable {self.url_env} is not set")
+        return value
+
+    def wants(self, tags: set[str], event: str, impact: str) -> bool:
+        if event not in self.events:
+            return False
+        if "*" not in self.tags and not tags.intersection(self.tags):
+            return False
+        rank = {v: i for i, v in enumerate(IMPACTS)}
+        return rank.get(impact, 0) >= rank[self.min_impact]
+
+
+class NotifySettings(_Frozen):
+    give_up_after_hours: float = Field(24, gt=0, le=24 * 30)
+    retry_base_seconds: float = Field(30, gt=0, le=3600)
+    retry_max_seconds: float = Field(1800, gt=0, le=86400)
+    max_text_chars: int = Field(1500, ge=100, le=20000)
+
+
+class LogSettings(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Frozen):
+    database: DatabaseSettings = DatabaseSettings()
+    pages: tuple[PageSettings, ...] = (PageSettings(name="openai", base_url="https://status.openai.com"),)
+    tags: dict[str, dict] = Field(default_factory=dict)
+    notifiers: tuple[NotifierSettings, ...] = ()
+    notify: NotifySettings = NotifySettings()
+    log: LogSettings = LogSettings()
+    source: str = Field("built-in defaults", exclude=True)
+
+    @field_validator("pages")
+    @classmethod
+    def _unique_pages(cls, v):
+        names = [p.name for p in v]
+        if not v:
+            raise ValueError("at least one page is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"page names must be unique: {names}")
+        return v
+
+    @field_validator("notifiers")
+    @classmethod
+    def _unique_notifiers(cls, v):
+        names = [n.name for n in v]
+        if len(set(names)) != len(names) or "log" in names:
+            raise ValueError(f"notifier names must be unique and not 'log': {names}")
+        return v
+
+    def page(self, name: str) -> PageSettings:
+        for p in self.pages:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no page named {name!r} (configured: {', '.join(p.name for p in self.pages)})")
+
+    def database_url(self) -> str:
+        return resolve_database_url(self.database.url)
+
+
+def state_dir() -> Path:
+    """$STATE_DIRECTORY when systemd sets it, else the user data dir."""
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP, appauthor=False))
+
+
+def resolve_database_url(url: str) -> str:
+    """Relative SQLite paths live in the state directory (under systemd the working directory is /)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        base = state_dir()
+        base.mkdir(parents=True, exist_ok=True)
+        return prefix + str(base / url[len(prefix):])
+    return url
+
+
+def _loc(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load(path: str | os.PathLike | None = None, *, warn=None) -> Settings:
+    """Settings from `path` (or $MONITOR_CONFIG); built-in defaults when neither is given."""
+    path = path or os.environ.get("MONITOR_CONFIG") or None
+    if path is None:
+        return Settings()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**data, source=str(p))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{p}: {_loc(err['loc'])}: {msg}{more}") from None
+    try:
+        from monitor.tags import build_rules
+
+        build_rules(settings.tags)
+    except ValueError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    if warn and any(n.url for n in settings.notifiers):
+        try:
+            if p.stat().st_mode & stat.S_IROTH:
+                warn(f"{p} holds notifier URLs (secrets) and is readable by other users; chmod 600 it "
+                     "or use url_env")
+        except OSError:
+            pass
+    return settings
+

@@ -1,0 +1,101 @@
+"""Engine and sessions. SQLite runs in WAL mode with a busy timeout, and writers take the lock up front
+(BEGIN IMMEDIATE) so two processes never lose an update or fail with "database is locked"."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+# The newest migration in migrations/versions; checked against Alembic's own view by the tests.
+HEAD_REVISION = "0001"
+BUSY_TIMEOUT_MS = 30_000
+
+
+class StoreError(Exception):
+    """The store cannot be opened, migrated or written (one-line message)."""
+
+
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
+    """An engine for `url`. `readonly` engines start deferred transactions: readers never block the daemon."""
+    if url.startswith("sqlite"):
+        eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(eng, "connect")
+        def _connect(dbapi_conn, _rec):
+            dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
+            for pragma in ("journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
+                           "foreign_keys=ON", "synchronous=NORMAL"):
+                dbapi_conn.execute(f"PRAGMA {pragma}")
+
+        @event.listens_for(eng, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+        return eng
+    return create_engine(url, pool_pre_ping=True)
+
+
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One explicit transaction: committed on success, rolled back on any error."""
+    with sessions(engine).begin() as session:
+        yield session
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError):
+        return None
+
+
+def upgrade(url: str, engine: Engine | None = None) -> bool:
+    """Bring the schema to the shipped head. Cheap when already there (no Alembic import).
+    Returns True when a migration ran."""
+    if engine is not None and current_revision(engine) == HEAD_REVISION:
+        return False
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()  # no ini file: env.py leaves logging alone
+    cfg.set_main_option("script_location", migrations_dir())
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    try:
+        command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise StoreError(f"cannot migrate the store {safe_url(url)}: {exc.orig}") from None
+    return True
+
+
+def migrations_dir() -> str:
+    """Where the shipped migrations are: inside the installed package, or migrations/ of a source checkout."""
+    try:
+        import monitor.migrations as shipped
+
+        return os.path.dirname(shipped.__file__)
+    except ImportError:
+        return str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+def safe_url(url: str) -> str:
+    """The database URL with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"

@@ -1,0 +1,130 @@
+"""Read-side queries behind `monitor history`, `monitor show` and `monitor outbox`: plain dicts, the JSON
+contract outside scripts rely on."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from monitor.models import Delivery, Incident, Outbox, Page, Tag
+from monitor.tags import UPLOAD_TAGS
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def incident_dict(row: Incident) -> dict:
+    """The stable JSON contract of one incident (see README)."""
+    return {
+        "page": row.page.name, "id": row.page_incident_id, "title": row.title, "url": row.url,
+        "status": row.status, "impact": row.impact, "tags": sorted(t.tag for t in row.tags),
+        "started_at": _iso(row.started_at), "resolved_at": _iso(row.resolved_at),
+        "components": [c.name for c in row.components if c.name],
+        "first_seen_at": _iso(row.first_seen_at),
+    }
+
+
+def history(session: Session, *, tags: list[str] | None = None, all_incidents: bool = False,
+            since: datetime | None = None, page: str | None = None, limit: int | None = None) -> list[dict]:
+    """Incidents newest first; by default only the upload-related ones."""
+    q = select(Incident).join(Incident.page).options(
+        selectinload(Incident.tags), selectinload(Incident.components))
+    wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
+    if wanted:
+        q = q.where(Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(wanted))))
+    if since:
+        q = q.where(Incident.started_at >= since)
+    if page:
+        q = q.where(Page.name == page)
+    q = q.order_by(Incident.started_at.desc().nulls_last(), Incident.id.desc())
+    if limit:
+        q = q.limit(limit)
+    rows = session.scalars(q).all()
+    sent = _sent_counts(session, [r.id for r in rows])
+    out = []
+    for r in rows:
+        d = incident_dict(r)
+        d["messages_sent"] = sent.get(r.id, 0)
+        out.append(d)
+    return out
+
+
+def _sent_counts(session: Session, ids: list[int]) -> dict[int, int]:
+    from sqlalchemy import func
+
+    counts: dict[int, int] = {}
+    for i in range(0, len(ids), 500):
+        q = (select(Outbox.incident_id, func.count()).where(Outbox.incident_id.in_(ids[i:i + 500]),
+                                                             Outbox.state == "sent")
+             .group_by(Outbox.incident_id))
+        counts.update(dict(session.execute(q).all()))
+    return counts
+
+
+def find_incident(session: Session, incident_id: str, page: str | None = None) -> Incident | None:
+    q = select(Incident).join(Incident.page).where(Incident.page_incident_id == incident_id)
+    if page:
+        q = q.where(Page.name == page)
+    return session.scalars(q.options(selectinload(Incident.updates), selectinload(Incident.components),
+                                     selectinload(Incident.tags))).first()
+
+
+def incident_detail(session: Session, row: Incident) -> dict:
+    d = incident_dict(row)
+    d["last_seen_at"] = _iso(row.last_seen_at)
+    d["sources"] = [s for s in row.sources.split(",") if s]
+    d["posted_late_by_seconds"] = (
+        int((row.first_seen_at - row.started_at).total_seconds()) if row.started_at else None)
+    d["components"] = [{"id": c.key, "name": c.name, "impact": c.impact} for c in row.components]
+    d["tags"] = [{"tag": t.tag, "rule": t.rule, "field": t.field, "text": t.text}
+                 for t in sorted(row.tags, key=lambda t: t.tag)]
+    d["updates"] = [{"status": u.status, "published_at": _iso(u.published_at), "source": u.source,
+                     "body": u.body} for u in row.updates]
+    d["messages"] = [outbox_dict(o) for o in session.scalars(
+        select(Outbox).where(Outbox.incident_id == row.id).order_by(Outbox.id))]
+    return d
+
+
+def outbox_dict(o: Outbox) -> dict:
+    return {"id": o.id, "notifier": o.notifier, "event": o.event, "state": o.state, "attempts": o.attempts,
+            "created_at": _iso(o.created_at), "next_attempt_at": _iso(o.next_attempt_at),
+            "sent_at": _iso(o.sent_at), "last_error": o.last_error, "key": o.dedupe_key}
+
+
+def outbox(session: Session, *, include_sent: bool = False, limit: int = 200) -> list[dict]:
+    q = select(Outbox).order_by(Outbox.id.desc()).limit(limit)
+    if not include_sent:
+        q = q.where(Outbox.state != "sent")
+    return [outbox_dict(o) for o in session.scalars(q)]
+
+
+def pages(session: Session) -> list[Page]:
+    return list(session.scalars(select(Page).order_by(Page.name)))
+
+
+__all__ = ["history", "find_incident", "incident_detail", "outbox", "pages", "Delivery"]
+
+
+def status_inputs(session: Session, settings) -> tuple[list[dict], list]:
+    """Open upload-related incidents and each configured page's polling health, for verdict.decide()."""
+    from monitor.records import OPEN_STATUSES
+    from monitor.verdict import PageHealth
+
+    names = [p.name for p in settings.pages]
+    q = (select(Incident).join(Incident.page)
+         .where(Page.name.in_(names), Incident.status.in_(OPEN_STATUSES),
+                Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(UPLOAD_TAGS))))
+         .options(selectinload(Incident.tags), selectinload(Incident.components))
+         .order_by(Incident.started_at.desc()))
+    incidents = [incident_dict(r) for r in session.scalars(q)]
+    stored = {p.name: p for p in pages(session)}
+    health = []
+    for ps in settings.pages:
+        row = stored.get(ps.name)
+        health.append(PageHealth(name=ps.name, poll_interval=ps.poll_interval,
+                                 last_success_at=row.last_success_at if row else None,
+                                 consecutive_failures=row.consecutive_failures if row else 0,
+                                 last_outcome=row.last_outcome if row else None))
+    return incidents, health

@@ -1,0 +1,178 @@
+"""Tables of the store. Every schema change goes through a migration in migrations/versions."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTC(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out (SQLite would drop the offset)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Page(Base):
+    """A watched status page and the health of its polling."""
+
+    __tablename__ = "pages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    base_url: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str | None] = mapped_column(String(20))          # statuspage | incidentio
+    first_poll_at: Mapped[datetime | None] = mapped_column(UTC)
+    last_poll_at: Mapped[datetime | None] = mapped_column(UTC)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTC)
+    last_outcome: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(UTC)      # Retry-After / backoff
+    backfilled_since: Mapped[datetime | None] = mapped_column(UTC)
+
+
+class SourceState(Base):
+    """Validators and body hash of one fetched URL, so an unchanged source is neither re-parsed nor re-written."""
+
+    __tablename__ = "source_states"
+    __table_args__ = (UniqueConstraint("page_id", "path"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(500))
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    body_hash: Mapped[str | None] = mapped_column(String(64))
+    fetched_at: Mapped[datetime | None] = mapped_column(UTC)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Component(Base):
+    """A component of a page, keyed by the page's own id (two components may share a name)."""
+
+    __tablename__ = "components"
+    __table_args__ = (UniqueConstraint("page_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(100))                 # the page's component id, or the name
+    name: Mapped[str] = mapped_column(String(300))
+    group_name: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str | None] = mapped_column(String(40))
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (
+        UniqueConstraint("page_id", "page_incident_id"),
+        Index("ix_incidents_page_started", "page_id", "started_at"),
+        Index("ix_incidents_started", "started_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
+    page_incident_id: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(Text, default="")
+    url: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="investigating")
+    impact: Mapped[str] = mapped_column(String(20), default="none")
+    started_at: Mapped[datetime | None] = mapped_column(UTC)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTC)
+    page_updated_at: Mapped[datetime | None] = mapped_column(UTC)
+    first_seen_at: Mapped[datetime] = mapped_column(UTC)
+    last_seen_at: Mapped[datetime] = mapped_column(UTC)
+    sources: Mapped[str] = mapped_column(String(200), default="")     # comma list of the sources that showed it
+    timeline_complete: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    page: Mapped[Page] = relationship(lazy="joined")
+    updates: Mapped[list[Update]] = relationship(
+        back_populates="incident", cascade="all, delete-orphan", order_by="Update.published_at")
+    components: Mapped[list[IncidentComponent]] = relationship(cascade="all, delete-orphan")
+    tags: Mapped[list[Tag]] = relationship(cascade="all, delete-orphan")
+
+
+class Update(Base):
+    __tablename__ = "updates"
+    __table_args__ = (Index("ix_updates_incident", "incident_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    page_update_id: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str | None] = mapped_column(String(20))
+    body: Mapped[str] = mapped_column(Text, default="")
+    published_at: Mapped[datetime | None] = mapped_column(UTC)
+    source: Mapped[str] = mapped_column(String(20))                    # api | feed | proxy | ...
+    first_seen_at: Mapped[datetime] = mapped_column(UTC)
+    incident: Mapped[Incident] = relationship(back_populates="updates")
+
+
+class IncidentComponent(Base):
+    """A component an incident affected, with the worst impact the page reported for it."""
+
+    __tablename__ = "incident_components"
+    __table_args__ = (UniqueConstraint("incident_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(300))
+    impact: Mapped[str | None] = mapped_column(String(40))
+
+
+class Tag(Base):
+    """Why an incident counts as upload-related: the tag, the rule and the text it matched."""
+
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("incident_id", "tag"), Index("ix_tags_tag", "tag"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    tag: Mapped[str] = mapped_column(String(100))
+    rule: Mapped[str] = mapped_column(String(200))
+    field: Mapped[str] = mapped_column(String(20))
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Outbox(Base):
+    """A message decided in the same transaction as the change it reports; delivered later, exactly once per key."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("notifier", "dedupe_key"),
+        Index("ix_outbox_state_due", "state", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="SET NULL"))
+    notifier: Mapped[str] = mapped_column(String(100))
+    event: Mapped[str] = mapped_column(String(20))                    # opened | updated | resolved | test
+    dedupe_key: Mapped[str] = mapped_column(String(300))
+    payload: Mapped[str] = mapped_column(Text)                         # JSON snapshot of what the message says
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTC)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTC)
+    sent_at: Mapped[datetime | None] = mapped_column(UTC)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Delivery(Base):
+    """One attempt to deliver an outbox row: the single place where delivery errors are recorded."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_outbox", "outbox_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTC)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    permanent: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)

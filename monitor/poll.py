@@ -1,0 +1,392 @@
+"""One poll of each configured page: fetch every source the page kind offers, parse what changed, merge,
+and store the result and its messages in one transaction. One failing source or page never stops the others;
+a poll that fails leaves the store as it was."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from monitor import store
+from monitor.config import PageSettings, Settings
+from monitor.db import transaction
+from monitor.merge import merge
+from monitor.models import Incident, Page, SourceState
+from monitor.records import IncidentRec, SourceResult
+from monitor.sources import incidentio, statuspage
+from monitor.sources.common import ParseError, load_json
+from monitor.sources.http import FetchError, Fetched, client, fetch
+
+log = logging.getLogger("monitor.poll")
+
+COMPONENTS_EVERY = timedelta(hours=1)
+MAX_DETAILS_PER_POLL = 30
+CATCH_UP_PER_POLL = 5
+DETAIL_CONCURRENCY = 6
+WARN_AFTER_FAILURES = 3
+
+
+@dataclass
+class PageResult:
+    page: str
+    ok: bool = False
+    kind: str | None = None
+    sources_ok: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    new: int = 0
+    changed: int = 0
+    queued: int = 0
+    unchanged: bool = False
+    skipped: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"{self.page}: skipped: {self.skipped}"
+        if not self.ok:
+            return f"{self.page}: failed: {'; '.join(self.errors) or 'no source answered'}"
+        parts = [f"{self.page}: ok ({len(self.sources_ok)} source(s))"]
+        parts.append("unchanged" if not (self.new or self.changed) else f"{self.new} new, {self.changed} changed")
+        if self.queued:
+            parts.append(f"{self.queued} message(s) queued")
+        if self.errors:
+            parts.append("warnings: " + "; ".join(self.errors))
+        return ", ".join(parts)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_VOLATILE = re.compile(rb"<(lastBuildDate|updated|pubDate)>[^<]*</\1>")
+
+
+def body_hash(path: str, body: bytes) -> str:
+    """Hash that ignores a feed's own timestamps, which some pages restamp on every request."""
+    if path.endswith((".atom", ".rss", ".xml")):
+        cut = min((i for i in (body.find(b"<entry"), body.find(b"<item")) if i >= 0), default=len(body))
+        body = _VOLATILE.sub(b"", body[:cut]) + body[cut:]
+    return hashlib.sha256(body).hexdigest()
+
+
+def detect_kind(summary: bytes | None, feed: bytes | None) -> str | None:
+    """incident.io pages have no `time_zone` in summary.json's page and say `incident.io` as feed generator."""
+    if summary is not None:
+        try:
+            data = load_json(summary, "summary.json")
+            if isinstance(data, dict) and isinstance(data.get("page"), dict):
+                return "statuspage" if "time_zone" in data["page"] else "incidentio"
+        except ParseError:
+            pass
+    if feed is not None:
+        return "incidentio" if b"incident.io" in feed[:4000] else "statuspage"
+    return None
+
+
+class _Poll:
+    """The state of one page's poll while it runs."""
+
+    def __init__(self, settings: Settings, ps: PageSettings, engine, http, rules):
+        self.settings, self.ps, self.engine, self.http, self.rules = settings, ps, engine, http, rules
+        self.max_bytes = int(ps.max_response_mb * (1 << 20))
+        self.result = PageResult(page=ps.name)
+        self.retry_after: datetime | None = None
+
+    def url(self, path: str) -> str:
+        return self.ps.base_url + path
+
+    async def get(self, path: str, state: SourceState | None = None) -> Fetched:
+        try:
+            return await fetch(self.http, self.url(path), etag=state.etag if state else None,
+                               last_modified=state.last_modified if state else None,
+                               max_bytes=self.max_bytes, deadline=self.ps.deadline)
+        except FetchError as exc:
+            if exc.retry_after and (self.retry_after is None or exc.retry_after > self.retry_after):
+                self.retry_after = exc.retry_after
+            raise
+
+
+async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *, backfill: bool = True) -> PageResult:
+    """Poll one page. Never raises for a page's own failures: they are in the result and in `pages`."""
+    started = time.monotonic()
+    p = _Poll(settings, ps, engine, http, rules)
+    res = p.result
+    now = now_utc()
+    with transaction(engine) as s:
+        page = store.get_page(s, ps.name, ps.base_url)
+        page_id, kind, first_poll = page.id, (ps.kind if ps.kind != "auto" else page.kind), page.first_poll_at is None
+        not_before = page.not_before
+        states = {k: _detached(v) for k, v in store.source_states(s, page_id).items()}
+    if not_before and not_before > now:
+        res.skipped = f"the page asked us to wait until {not_before:%H:%M:%S} UTC"
+        return res
+    fetched = details = None
+    try:
+        async with asyncio.timeout(ps.deadline):
+            fetched = await _fetch_sources(p, kind, states, now)
+            if fetched and fetched[0] == "incidentio":
+                details = await _fetch_details(p, page_id, _group(fetched[1]), now)
+    except TimeoutError:
+        res.errors.append(f"the poll took longer than its {ps.deadline:g} s deadline")
+        fetched = None
+    if not fetched or not res.sources_ok:
+        res.ok = False
+        _record_failure(engine, page_id, p, now)
+        res.seconds = time.monotonic() - started
+        return res
+    kind, parsed, new_states, comps = fetched
+    res.kind, res.ok = kind, True
+    _apply(p, page_id, parsed, details or [], new_states, comps, first_poll, now)
+    if backfill and first_poll and kind == "incidentio" and ps.history_days > 0:
+        try:
+            await run_backfill(settings, ps, engine, http, rules, since=now - timedelta(days=ps.history_days))
+        except Exception as exc:  # the poll itself succeeded; backfill is retried by `monitor backfill`
+            res.errors.append(f"backfill: {exc}")
+    res.seconds = time.monotonic() - started
+    return res
+
+
+def _detached(s: SourceState) -> SourceState:
+    return SourceState(path=s.path, etag=s.etag, last_modified=s.last_modified, body_hash=s.body_hash,
+                       fetched_at=s.fetched_at)
+
+
+async def _fetch_sources(p: _Poll, kind, states, now):
+    res = p.result
+    if kind is None:
+        kind = await _detect(p)
+        if kind is None:
+            return None
+    mod = incidentio if kind == "incidentio" else statuspage
+    paths = list(mod.POLL_PATHS)
+    comp_state = states.get(mod.COMPONENTS_PATH)
+    if comp_state is None or comp_state.fetched_at is None or now - comp_state.fetched_at > COMPONENTS_EVERY:
+        paths.append(mod.COMPONENTS_PATH)
+    answers = await asyncio.gather(*(p.get(path, states.get(path)) for path in paths), return_exceptions=True)
+    parsed: dict[str, SourceResult] = {}
+    new_states: dict[str, tuple] = {}
+    comps = None
+    for path, ans in zip(paths, answers):
+        if isinstance(ans, FetchError):
+            res.errors.append(str(ans))
+            continue
+        if isinstance(ans, BaseException):
+            raise ans
+        if ans.status == 304:
+            res.sources_ok.append(path)
+            continue
+        digest = body_hash(path, ans.body)
+        old = states.get(path)
+        if old is not None and old.body_hash == digest:
+            res.sources_ok.append(path)
+            if (ans.etag, ans.last_modified) != (old.etag, old.last_modified):
+                new_states[path] = (ans.etag, ans.last_modified, digest)
+            continue
+        try:
+            out = _parse(kind, path, ans, p.ps.base_url, now)
+        except ParseError as exc:
+            res.errors.append(f"{path}: {exc}")
+            continue
+        res.sources_ok.append(path)
+        new_states[path] = (ans.etag, ans.last_modified, digest)
+        if path == mod.COMPONENTS_PATH:
+            comps = out
+        else:
+            parsed[path] = out
+    if not res.sources_ok or (res.sources_ok == [mod.COMPONENTS_PATH]):
+        res.sources_ok.clear()
+        return None
+    return kind, parsed, new_states, comps
+
+
+def _parse(kind: str, path: str, ans: Fetched, base_url: str, now: datetime) -> SourceResult:
+    if path.endswith("components.json"):
+        return statuspage.parse_components_json(ans.body)
+    if kind == "incidentio":
+        if path.endswith("incidents.json"):
+            return incidentio.parse_api_incidents(ans.body, base_url, now)
+        return incidentio.parse_feed(ans.body, ans.content_type, base_url, now)
+    if path.endswith("incidents.json"):
+        return statuspage.parse_incidents_json(ans.body, base_url, now=now)
+    return statuspage.parse_feed(ans.body, ans.content_type, base_url, now=now)
+
+
+async def _detect(p: _Poll) -> str | None:
+    summary = feed = None
+    try:
+        summary = (await p.get("/api/v2/summary.json")).body
+    except FetchError as exc:
+        p.result.errors.append(str(exc))
+    kind = detect_kind(summary, None)
+    if kind is None:
+        try:
+            feed = (await p.get("/feed.atom")).body
+        except FetchError as exc:
+            p.result.errors.append(str(exc))
+        kind = detect_kind(None, feed)
+    if kind is None:
+        p.result.errors.append("cannot tell what kind of status page this is")
+    return kind
+
+
+def _group(parsed: dict[str, SourceResult]) -> dict[str, list[IncidentRec]]:
+    by_id: dict[str, list[IncidentRec]] = defaultdict(list)
+    for out in parsed.values():
+        for rec in out.incidents:
+            by_id[rec.page_incident_id].append(rec)
+    return by_id
+
+
+async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentRec]], now: datetime,
+                         *, limit: int = MAX_DETAILS_PER_POLL, catch_up: int = CATCH_UP_PER_POLL) -> list[IncidentRec]:
+    """incident.io: the full timeline of each incident that is new or changed (the feed and the API only
+    carry the latest update, or no text), plus a few stored ones still missing their timeline."""
+    with transaction(p.engine) as s:
+        rows = store.load_incidents(s, page_id, by_id)
+        wanted = []
+        for iid, recs in by_id.items():
+            row = rows.get(iid)
+            prev = store.to_state(row) if row is not None else None
+            ch = merge(prev, recs, now)
+            if prev is None or ch.new_updates or ch.state.status != prev.status or not prev.full_timeline:
+                wanted.append(iid)
+        wanted = wanted[:limit]
+        if catch_up:
+            q = (select(Incident.page_incident_id)
+                 .where(Incident.page_id == page_id, Incident.timeline_complete.is_(False),
+                        Incident.page_incident_id.not_in(wanted))
+                 .order_by(Incident.started_at.desc()).limit(catch_up))
+            wanted += list(s.scalars(q))
+    sem = asyncio.Semaphore(DETAIL_CONCURRENCY)
+
+    async def one(iid: str) -> IncidentRec | None:
+        async with sem:
+            try:
+                ans = await p.get(incidentio.detail_path(p.ps.host, iid))
+                return incidentio.parse_proxy_incident(ans.body, p.ps.base_url, now)
+            except (FetchError, ParseError) as exc:
+                p.result.errors.append(f"timeline of {iid}: {exc}")
+                return None
+
+    got = await asyncio.gather(*(one(i) for i in wanted))
+    return [r for r in got if r is not None and r.page_incident_id in wanted]
+
+
+def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, now, *, silent=False) -> None:
+    """Merge and write everything this poll learnt, in one transaction (BEGIN IMMEDIATE): a crash or error
+    before the commit leaves the store as it was."""
+    res = p.result
+    by_id = _group(parsed)
+    for rec in details:
+        by_id[rec.page_incident_id].append(rec)
+    with transaction(p.engine) as s:
+        page = s.get(Page, page_id)
+        if comps is not None:
+            store.save_components(s, page_id, comps.components)
+        names = store.component_names(s, page_id) if (comps is not None or by_id) else {}
+        rows = store.load_incidents(s, page_id, by_id)
+        changes = []
+        for iid, recs in by_id.items():
+            row = rows.get(iid)
+            ch = merge(store.to_state(row) if row is not None else None, recs, now, names)
+            if ch.changed:
+                changes.append(ch)
+                res.new += row is None
+                res.changed += row is not None
+        res.queued = store.apply(s, page, changes, rows, rules=p.rules, notifiers=p.settings.notifiers,
+                                 now=now, silent_resolved=first_poll, silent=silent)
+        _save_states(s, page_id, new_states, now)
+        page.kind = res.kind or page.kind
+        page.first_poll_at = page.first_poll_at or now
+        page.last_poll_at = page.last_success_at = now
+        page.consecutive_failures = 0
+        page.not_before = p.retry_after
+        page.last_outcome = _outcome(res)
+    res.unchanged = not changes
+
+
+def _outcome(res: PageResult) -> str:
+    return res.summary().split(": ", 1)[1]
+
+
+def _save_states(s, page_id: int, new_states: dict[str, tuple], now: datetime) -> None:
+    if not new_states:
+        return
+    current = store.source_states(s, page_id)
+    for path, (etag, lm, digest) in new_states.items():
+        st = current.get(path)
+        if st is None:
+            st = SourceState(page_id=page_id, path=path)
+            s.add(st)
+        st.etag, st.last_modified, st.body_hash, st.fetched_at = etag, lm, digest, now
+
+
+def _record_failure(engine, page_id: int, p: _Poll, now: datetime) -> None:
+    """Count the failure and back off; nothing else is touched."""
+    res = p.result
+    with transaction(engine) as s:
+        page = s.get(Page, page_id)
+        page.last_poll_at = now
+        page.consecutive_failures = (page.consecutive_failures or 0) + 1
+        page.last_outcome = _outcome(res)
+        fails = page.consecutive_failures
+        backoff = None
+        if fails >= 2:
+            backoff = now + timedelta(seconds=min(p.ps.poll_interval * (2 ** (fails - 2)), 900))
+        page.not_before = max((t for t in (backoff, p.retry_after) if t), default=None)
+    if fails >= WARN_AFTER_FAILURES:
+        log.warning("page %s: %d polls in a row failed: %s", p.ps.name, fails, "; ".join(res.errors))
+
+
+async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules, *, since: datetime,
+                       details: bool = False) -> PageResult:
+    """Older incidents the page still offers, stored without notifying (history is not news).
+    incident.io lists them in windows of up to three months; Statuspage pages offer no older JSON."""
+    p = _Poll(settings, ps, engine, http, rules)
+    now = now_utc()
+    with transaction(engine) as s:
+        page = store.get_page(s, ps.name, ps.base_url)
+        page_id, kind = page.id, (ps.kind if ps.kind != "auto" else page.kind)
+    if kind is None:
+        kind = await _detect(p)
+    p.result.kind = kind
+    if kind != "incidentio":
+        p.result.errors.append("this page kind offers no history beyond its recent incidents")
+        return p.result
+    windows, end = [], now
+    while end > since:
+        start = max(since, end - timedelta(days=incidentio.BACKFILL_WINDOW_DAYS))
+        windows.append((start, end))
+        end = start
+    parsed: dict[str, SourceResult] = {}
+    for start, end in windows:
+        path = incidentio.window_path(ps.host, start, end)
+        try:
+            ans = await p.get(path)
+            parsed[path] = incidentio.parse_proxy_window(ans.body, ps.base_url, now)
+            p.result.sources_ok.append(path)
+        except (FetchError, ParseError) as exc:
+            p.result.errors.append(f"{path}: {exc}")
+    got: list[IncidentRec] = []
+    if details:
+        got = await _fetch_details(p, page_id, _group(parsed), now, limit=10_000, catch_up=0)
+    p.result.ok = bool(p.result.sources_ok)
+    if p.result.ok:
+        _apply(p, page_id, parsed, got, {}, None, False, now, silent=True)
+        with transaction(engine) as s:
+            s.get(Page, page_id).backfilled_since = since
+    return p.result
+
+
+async def poll_all(settings: Settings, engine, rules, *, pages=None) -> list[PageResult]:
+    """Poll every page at once; one page's failure never stops the others."""
+    targets = [settings.page(n) for n in pages] if pages else list(settings.pages)
+    async with client() as http:
+        return list(await asyncio.gather(*(poll_page(settings, ps, engine, http, rules) for ps in targets)))

@@ -1,0 +1,49 @@
+"""What a source says about incidents, before merging: plain frozen values, no database, no HTTP."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem")
+OPEN_STATUSES = ("investigating", "identified", "monitoring")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRec:
+    status: str | None            # one of STATUSES, or None when the source does not say
+    body: str                     # plain text or Markdown; "" when the source gave none
+    published_at: datetime | None
+    source: str                   # "api" | "feed" | "proxy" | ...
+    page_update_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentRec:
+    key: str                      # the page's component id, or the name when the source has no id
+    name: str
+    impact: str | None = None     # degraded_performance | partial_outage | major_outage | ...; None = affected, unknown how
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRec:
+    page_incident_id: str
+    source: str
+    title: str = ""
+    url: str | None = None
+    status: str | None = None
+    impact: str | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    resolved_at: datetime | None = None
+    updates: tuple[UpdateRec, ...] = ()
+    components: tuple[ComponentRec, ...] = ()
+    full_timeline: bool = False   # True when `updates` is every update the page has for it
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResult:
+    """The parsed content of one source: incidents, and the page's components when the source lists them."""
+
+    incidents: tuple[IncidentRec, ...] = ()
+    components: tuple[ComponentRec, ...] = ()
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,106 @@
+"""Fetching a status page's URLs safely: capped bodies (compressed and inflated), only encodings we decode,
+few redirects, conditional GET with stored validators, Retry-After honoured, a deadline per request."""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from monitor import __version__
+
+USER_AGENT = f"openai-status-monitor/{__version__} (status page poller; +https://pypi.org/project/openai-status-monitor/)"
+
+
+class FetchError(Exception):
+    """A source could not be fetched or was not what we expected (one-line message)."""
+
+    def __init__(self, message: str, retry_after: datetime | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    status: int               # 200 or 304
+    body: bytes
+    content_type: str
+    etag: str | None
+    last_modified: str | None
+
+
+def client(timeout: float = 10.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        follow_redirects=True, max_redirects=5,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip"},
+        trust_env=False,
+    )
+
+
+def retry_after(value: str | None, now: datetime) -> datetime | None:
+    """Retry-After as seconds or an HTTP date; capped at one day."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        when = now + timedelta(seconds=max(0, int(value)))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+    return min(when, now + timedelta(days=1))
+
+
+async def fetch(http: httpx.AsyncClient, url: str, *, etag: str | None = None,
+                last_modified: str | None = None, max_bytes: int = 10 << 20,
+                deadline: float = 30.0) -> Fetched:
+    """GET `url`; at most `max_bytes` of body (compressed or not), all within `deadline` seconds."""
+    headers = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    try:
+        async with asyncio.timeout(deadline):
+            async with http.stream("GET", url, headers=headers) as r:
+                if r.status_code == 304:
+                    return Fetched(304, b"", "", etag, last_modified)
+                if r.status_code == 429 or r.status_code == 503:
+                    now = datetime.now(timezone.utc)
+                    raise FetchError(f"HTTP {r.status_code} from {url}",
+                                     retry_after(r.headers.get("retry-after"), now))
+                if r.status_code != 200:
+                    raise FetchError(f"HTTP {r.status_code} from {url}")
+                enc = r.headers.get("content-encoding", "identity").strip().lower()
+                if enc not in ("identity", "gzip", ""):
+                    raise FetchError(f"unexpected content-encoding {enc!r} from {url}")
+                inflate = zlib.decompressobj(47) if enc == "gzip" else None
+                out, raw = bytearray(), 0
+                async for chunk in r.aiter_raw():
+                    raw += len(chunk)
+                    if raw > max_bytes:
+                        raise FetchError(f"response from {url} is larger than {max_bytes >> 20} MB; stopped reading")
+                    out += inflate.decompress(chunk, max_bytes + 1 - len(out)) if inflate else chunk
+                    if len(out) > max_bytes:
+                        raise FetchError(f"response from {url} inflates past {max_bytes >> 20} MB; stopped reading")
+                if inflate is not None and not inflate.eof:
+                    raise FetchError(f"truncated gzip body from {url}")
+                return Fetched(200, bytes(out), r.headers.get("content-type", ""),
+                               r.headers.get("etag"), r.headers.get("last-modified"))
+    except TimeoutError:
+        raise FetchError(f"no complete answer from {url} within {deadline:g} s") from None
+    except httpx.TooManyRedirects:
+        raise FetchError(f"too many redirects from {url}") from None
+    except httpx.TimeoutException:
+        raise FetchError(f"timed out talking to {url}") from None
+    except httpx.HTTPError as exc:
+        raise FetchError(f"{type(exc).__name__} fetching {url}: {exc}".rstrip(": ")) from None
+    except zlib.error:
+        raise FetchError(f"corrupt gzip body from {url}") from None

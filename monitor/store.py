@@ -1,0 +1,186 @@
+"""Applying merged changes to the database: incidents, updates, components, tags, and the outbox rows that
+say what to tell people, all in the caller's one transaction, so a change and its message land together."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from monitor.merge import Change, IncidentState
+from monitor.models import Component, Incident, IncidentComponent, Outbox, Page, SourceState, Tag, Update
+from monitor.records import ComponentRec, UpdateRec
+from monitor.sources.common import text_key
+from monitor.tags import UPLOAD_TAGS, Rule, TagMatch, tag_incident
+
+LOG_NOTIFIER = "log"
+
+
+class _LogNotifier:
+    """With no notifier configured, messages go to the log: the default filters, so a first run shows them."""
+
+    name = LOG_NOTIFIER
+
+    def wants(self, tags: set[str], event: str, impact: str) -> bool:
+        return bool(tags.intersection(UPLOAD_TAGS))
+
+
+LOG = _LogNotifier()
+
+
+def get_page(session: Session, name: str, base_url: str) -> Page:
+    page = session.scalar(select(Page).where(Page.name == name))
+    if page is None:
+        page = Page(name=name, base_url=base_url, consecutive_failures=0)
+        session.add(page)
+        session.flush()
+    elif page.base_url != base_url:
+        page.base_url = base_url
+    return page
+
+
+def source_states(session: Session, page_id: int) -> dict[str, SourceState]:
+    return {s.path: s for s in session.scalars(select(SourceState).where(SourceState.page_id == page_id))}
+
+
+def component_names(session: Session, page_id: int) -> dict[str, str]:
+    return dict(session.execute(select(Component.key, Component.name).where(Component.page_id == page_id)).all())
+
+
+def save_components(session: Session, page_id: int, comps: Sequence[ComponentRec], groups: dict | None = None) -> None:
+    existing = {c.key: c for c in session.scalars(select(Component).where(Component.page_id == page_id))}
+    for c in comps:
+        row = existing.get(c.key)
+        if row is None:
+            session.add(Component(page_id=page_id, key=c.key, name=c.name, status=c.impact))
+        elif (row.name, row.status) != (c.name, c.impact):
+            row.name, row.status = c.name, c.impact
+
+
+def to_state(row: Incident) -> IncidentState:
+    return IncidentState(
+        page_incident_id=row.page_incident_id, title=row.title, url=row.url, status=row.status,
+        impact=row.impact, started_at=row.started_at, resolved_at=row.resolved_at,
+        updated_at=row.page_updated_at,
+        updates=tuple(UpdateRec(status=u.status, body=u.body, published_at=u.published_at, source=u.source,
+                                page_update_id=u.page_update_id) for u in row.updates),
+        components=tuple(sorted((ComponentRec(key=c.key, name=c.name, impact=c.impact) for c in row.components),
+                                key=lambda c: (c.name.lower(), c.key))),
+        sources=frozenset(s for s in row.sources.split(",") if s), full_timeline=row.timeline_complete)
+
+
+def load_incidents(session: Session, page_id: int, ids: Iterable[str]) -> dict[str, Incident]:
+    ids = list(set(ids))
+    out: dict[str, Incident] = {}
+    for i in range(0, len(ids), 500):
+        q = (select(Incident).where(Incident.page_id == page_id, Incident.page_incident_id.in_(ids[i:i + 500]))
+             .options(selectinload(Incident.updates), selectinload(Incident.components), selectinload(Incident.tags)))
+        out.update({r.page_incident_id: r for r in session.scalars(q)})
+    return out
+
+
+def evidence_components(state: IncidentState) -> list[str]:
+    """Component names that count as tag evidence: affected ones, never a live 'operational' listing."""
+    return [c.name for c in state.components if c.name and (c.impact or "").lower() != "operational"]
+
+
+def compute_tags(rules: Sequence[Rule], state: IncidentState) -> list[TagMatch]:
+    return tag_incident(rules, state.title, [u.body for u in state.updates], evidence_components(state))
+
+
+def apply(session: Session, page: Page, changes: Sequence[Change], rows: dict[str, Incident], *,
+          rules: Sequence[Rule], notifiers: Sequence, now: datetime, silent_resolved: bool = False,
+          silent: bool = False, retry_base: float = 30.0) -> int:
+    """Write every changed incident and queue its message. Returns the number of outbox rows queued."""
+    queued = 0
+    for ch in changes:
+        if not ch.changed:
+            continue
+        row = rows.get(ch.state.page_incident_id)
+        if row is None:
+            row = Incident(page_id=page.id, page_incident_id=ch.state.page_incident_id, first_seen_at=now,
+                           last_seen_at=now)
+            row.page = page
+            session.add(row)
+            rows[ch.state.page_incident_id] = row
+        _write_incident(row, ch.state, now)
+        matches = compute_tags(rules, ch.state)
+        write_tags(row, matches)
+        if ch.event and not silent and not (silent_resolved and ch.event == "resolved" and ch.previous is None):
+            session.flush()
+            queued += queue(session, row, ch, {m.tag for m in matches}, notifiers, now)
+    return queued
+
+
+def _write_incident(row: Incident, s: IncidentState, now: datetime) -> None:
+    row.title, row.url, row.status, row.impact = s.title, s.url, s.status, s.impact
+    row.started_at, row.resolved_at, row.page_updated_at = s.started_at, s.resolved_at, s.updated_at
+    row.sources = ",".join(sorted(s.sources))
+    row.timeline_complete = s.full_timeline
+    row.last_seen_at = now
+    seen = {(u.status, u.published_at, text_key(u.body)): u.first_seen_at for u in row.updates}
+    seen_by_id = {u.page_update_id: u.first_seen_at for u in row.updates if u.page_update_id}
+    new_rows = []
+    for u in s.updates:
+        first = seen_by_id.get(u.page_update_id) or seen.get((u.status, u.published_at, text_key(u.body))) or now
+        new_rows.append(Update(page_update_id=u.page_update_id, status=u.status, body=u.body,
+                               published_at=u.published_at, source=u.source, first_seen_at=first))
+    if [(u.page_update_id, u.status, u.body, u.published_at, u.source) for u in row.updates] != \
+            [(u.page_update_id, u.status, u.body, u.published_at, u.source) for u in new_rows]:
+        row.updates = new_rows
+    comps = {c.key: c for c in row.components}
+    wanted = {c.key: c for c in s.components}
+    for key in set(comps) - set(wanted):
+        row.components.remove(comps[key])
+    for key, c in wanted.items():
+        if key in comps:
+            comps[key].name, comps[key].impact = c.name, c.impact
+        else:
+            row.components.append(IncidentComponent(key=key, name=c.name, impact=c.impact))
+
+
+def write_tags(row: Incident, matches: Sequence[TagMatch]) -> None:
+    current = {(t.tag, t.rule, t.field, t.text) for t in row.tags}
+    if current == {(m.tag, m.rule, m.field, m.text) for m in matches}:
+        return
+    row.tags = [Tag(tag=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
+
+
+def payload(row: Incident, event: str, tags: set[str], page_name: str) -> dict:
+    """What a message says, frozen when it is decided (rendered per channel at delivery)."""
+    last = row.updates[-1] if row.updates else None
+    text_update = next((u for u in reversed(row.updates) if u.body), None)
+    return {
+        "event": event, "page": page_name, "id": row.page_incident_id, "title": row.title, "url": row.url,
+        "status": row.status, "impact": row.impact, "tags": sorted(tags),
+        "components": [c.name for c in row.components if c.name],
+        "started_at": _iso(row.started_at), "resolved_at": _iso(row.resolved_at),
+        "update": {"status": last.status if last else None,
+                   "body": text_update.body if text_update else "",
+                   "published_at": _iso(last.published_at) if last else None},
+    }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def queue(session: Session, row: Incident, ch: Change, tags: set[str], notifiers: Sequence, now: datetime) -> int:
+    """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
+    targets = [n.name for n in (notifiers or [LOG]) if n.wants(tags, ch.event, row.impact)]
+    if not targets:
+        return 0
+    key = f"{row.page.name}:{ch.dedupe_key}"
+    have = set(session.scalars(select(Outbox.notifier).where(Outbox.dedupe_key == key,
+                                                              Outbox.notifier.in_(targets))))
+    body = json.dumps(payload(row, ch.event, tags, row.page.name), sort_keys=True)
+    n = 0
+    for name in targets:
+        if name in have:
+            continue
+        session.add(Outbox(incident_id=row.id, notifier=name, event=ch.event, dedupe_key=key, payload=body,
+                           state="pending", attempts=0, created_at=now, next_attempt_at=now))
+        n += 1
+    return n
