@@ -20,8 +20,9 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "apprise", "alembic", "apscheduler"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level) if noisy != "httpx" else logging.WARNING)
+    for noisy in ("httpx", "httpcore", "alembic", "apscheduler.executors", "apscheduler.scheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apprise").setLevel(max(logging.INFO, root.level))  # DEBUG would print secrets
 
 
 class Ctx:
@@ -94,7 +95,26 @@ def parse_date(_ctx, _param, value):
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class MonitorGroup(click.Group):
+    """Turns the failures users can cause or fix (config, store, files) into one-line errors, exit 1."""
+
+    def invoke(self, ctx):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from monitor.config import ConfigError
+        from monitor.db import StoreError, safe_error
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, StoreError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database: {safe_error(exc)}") from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
+
+
+@click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", envvar="MONITOR_CONFIG", type=click.Path(dir_okay=False),
               help="Config file (TOML). Default: $MONITOR_CONFIG, else built-in defaults watching status.openai.com.")
 @click.version_option(package_name="openai-status-monitor")
@@ -121,7 +141,8 @@ def poll(c: Ctx, pages):
 
     deliver_due(settings, engine)
     for r in results:
-        click.echo(r.summary())
+        if r.ok:
+            click.echo(r.summary())
     failed = [r for r in results if not r.ok]
     if failed:
         raise click.ClickException("; ".join(r.summary() for r in failed))
@@ -316,27 +337,5 @@ def status(c: Ctx, as_json):
 
 
 def main() -> None:
-    """Entry point: expected failures become one line on stderr (exit 1), usage errors exit 2."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from monitor.config import ConfigError
-    from monitor.db import StoreError
-
-    logging.getLogger().addHandler(logging.NullHandler())
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (ConfigError, StoreError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except SQLAlchemyError as exc:
-        click.echo(f"Error: database: {getattr(exc, 'orig', None) or exc.__class__.__name__}", err=True)
-        sys.exit(1)
-    except OSError as exc:
-        click.echo(f"Error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), err=True)
-        sys.exit(1)
+    """Entry point (the `monitor` script)."""
+    cli(prog_name="monitor")

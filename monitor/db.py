@@ -77,7 +77,7 @@ def upgrade(url: str, engine: Engine | None = None) -> bool:
     try:
         command.upgrade(cfg, "head")
     except OperationalError as exc:
-        raise StoreError(f"cannot migrate the store {safe_url(url)}: {exc.orig}") from None
+        raise StoreError(f"cannot migrate the store {safe_url(url)}: {safe_error(exc)}") from None
     return True
 
 
@@ -89,6 +89,12 @@ def migrations_dir() -> str:
         return os.path.dirname(shipped.__file__)
     except ImportError:
         return str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+def safe_error(exc: Exception) -> str:
+    """The database driver's own one-line message (no SQL, no parameters, no URL)."""
+    orig = getattr(exc, "orig", None)
+    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
 
 
 def safe_url(url: str) -> str:

@@ -104,7 +104,8 @@ def parse_feed(body: bytes, content_type: str, base_url: str, *, now: datetime |
     now = now or datetime.now(timezone.utc)
     recs = []
     for e in d.entries:
-        iid = incident_id_from_link(e.get("id")) or incident_id_from_link(e.get("link"))
+        # the link carries the incident's code (as the API's id); the Atom id has an internal number
+        iid = incident_id_from_link(e.get("link")) or incident_id_from_link(e.get("id"))
         if not iid:
             continue
         updated = struct_time_utc(e.get("updated_parsed") if "updated_parsed" in e else None, now)
