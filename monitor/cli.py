@@ -336,6 +336,46 @@ def status(c: Ctx, as_json):
     sys.exit(v.exit_code)
 
 
+
+@cli.command()
+@click.option("--all", "include_sent", is_flag=True, help="Include messages already sent.")
+@click.option("--limit", type=click.IntRange(1), default=200, show_default=True)
+@json_option
+@pass_ctx
+def outbox(c: Ctx, include_sent, limit, as_json):
+    """Messages pending or failed (what the monitor still has to tell, or gave up on)."""
+    from monitor import db
+    from monitor import history as h
+
+    with db.transaction(c.engine(readonly=True)) as s:
+        rows = h.outbox(s, include_sent=include_sent, limit=limit)
+    if as_json:
+        return emit_json(rows)
+    if not rows:
+        return click.echo("Nothing pending or failed." if not include_sent else "No messages.")
+    click.echo(table([[str(r["id"]), r["state"], r["event"], r["notifier"], str(r["attempts"]),
+                       short(r["next_attempt_at"] if r["state"] == "pending" else r["sent_at"]),
+                       clip(r["key"], 50), clip(r["last_error"] or "", 60)] for r in rows],
+                     ["id", "state", "event", "notifier", "tries", "next/sent (UTC)", "incident", "last error"]))
+
+
+@cli.command("notify-test")
+@click.option("--notifier", "name", help="Only this notifier (default: every configured one).")
+@pass_ctx
+def notify_test(c: Ctx, name):
+    """Send a sample message through each channel and report success or the error, per channel."""
+    from monitor.notify.channels import validate
+    from monitor.notify.deliver import send_test
+
+    settings = c.settings
+    validate(settings.notifiers)
+    results = send_test(settings, name)
+    for notifier, ok, error in results:
+        click.echo(f"{notifier}: " + ("sent" if ok else f"FAILED: {error}"))
+    if not all(ok for _, ok, _ in results):
+        raise click.ClickException("some channels failed")
+
+
 def main() -> None:
     """Entry point (the `monitor` script)."""
     cli(prog_name="monitor")

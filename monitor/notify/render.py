@@ -1,0 +1,288 @@
+"""Pure: one outbox payload (see ``monitor.store.payload``) becomes the message a person reads.
+
+Every string in the payload comes from a status page, so it is third-party text: control and bidi characters
+are stripped, runs of blank lines collapsed, and it is escaped for the target format:
+
+* ``text``: plain text (log, json:// and every other channel).
+* ``slack``: Slack mrkdwn. ``&``, ``<`` and ``>`` in third-party text become entities, so ``<!channel>``,
+  ``<!here>`` or ``<https://evil|click>`` in an update cannot ping anyone or disguise a link; our own link is
+  ``<url|View incident>``, and only when it is an http(s) URL.
+* ``email``: ``body`` is plain text and ``html`` an HTML alternative with every third-party string
+  ``html.escape``'d.
+
+``Message.title`` is always plain text (one line): the channel escapes it where its transport needs that
+(apprise entity-escapes Slack titles itself; an e-mail subject is not HTML).
+"""
+from __future__ import annotations
+
+import html as _html
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from monitor.tags import UPLOAD_TAGS
+from monitor.verdict import CHECKLIST
+
+FORMATS = ("text", "slack", "email")
+TITLE_MAX = 250
+RESOLVED_STATUSES = ("resolved", "postmortem", "completed")
+
+_STATUS_WORDS = {
+    "investigating": "Investigating", "identified": "Identified", "monitoring": "Monitoring",
+    "resolved": "Resolved", "postmortem": "Postmortem", "update": "Update",
+}
+
+# C0/C1 controls except \t and \n (handled first), DEL, bidi embeddings/overrides/isolates and marks,
+# zero-width space and BOM: nothing a status update needs, and all of them can disguise text.
+_CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    title: str               # plain text, one line
+    body: str                # in the requested format (plain / Slack mrkdwn / plain for e-mail)
+    html: str | None = None  # e-mail only: the HTML alternative
+    kind: str = "wait"       # wait | resolved | test: lets a channel pick a colour / severity
+
+
+# --------------------------------------------------------------------------------------------- cleaning
+
+def clean_text(s: object) -> str:
+    """Third-party multi-line text: controls stripped, line ends normalised, blank-line runs collapsed."""
+    if s is None:
+        return ""
+    s = str(s).replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    s = _CTRL.sub("", s.replace("\t", " "))
+    out: list[str] = []
+    for line in s.split("\n"):
+        line = line.rstrip()
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out)
+
+
+def clean_line(s: object) -> str:
+    """Third-party one-line text (titles, names): all whitespace runs become one space."""
+    return " ".join(clean_text(s).split())
+
+
+def cap(s: str, limit: int) -> str:
+    """`s` cut to at most `limit` characters, ending in "…" when cut."""
+    if limit <= 0 or len(s) <= limit:
+        return s
+    return s[: max(limit - 1, 0)].rstrip() + "…"
+
+
+def safe_link(url: object) -> str | None:
+    """The URL when it is a plain http(s) link, else None (javascript:, data:, relative, odd characters)."""
+    if not isinstance(url, str):
+        return None
+    url = url.strip()
+    if not url or _CTRL.search(url) or any(c.isspace() for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+def slack_escape(s: str) -> str:
+    """Slack's three control characters as entities (https://api.slack.com/reference/surfaces/formatting)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_url(url: str) -> str:
+    # inside <url|label> the characters | < > would end or split the link
+    return url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
+
+
+# ------------------------------------------------------------------------------------------ time words
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def utc_words(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def duration_words(seconds: float) -> str:
+    """45 min, 2 h 11 min, 1 d 3 h (rounded down to the minute)."""
+    minutes = int(max(seconds, 0) // 60)
+    if minutes < 1:
+        return "under 1 min"
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 24 * 60:
+        h, m = divmod(minutes, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, rest = divmod(minutes, 24 * 60)
+    h = rest // 60
+    return f"{d} d {h} h" if h else f"{d} d"
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """The payload, cleaned (plain text); formats escape these when they place them."""
+    event: str
+    kind: str
+    title: str
+    who: str
+    uploads: bool
+    status: str
+    impact: str
+    components: tuple[str, ...]
+    started: datetime | None
+    resolved: datetime | None
+    update_status: str
+    update_at: datetime | None
+    update_text: str
+    link: str | None
+    duration: str | None
+
+
+def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
+    event = clean_line(p.get("event")) or "updated"
+    status = clean_line(p.get("status")).lower()
+    resolved_now = event == "resolved" or status in RESOLVED_STATUSES
+    kind = "test" if event == "test" else ("resolved" if resolved_now else "wait")
+    page = clean_line(p.get("page"))
+    who = "OpenAI" if page.lower() in ("", "openai") else f"The {page} status page"
+    tags = {clean_line(t) for t in (p.get("tags") or []) if t}
+    upd = p.get("update") if isinstance(p.get("update"), dict) else {}
+    started, resolved_at = parse_time(p.get("started_at")), parse_time(p.get("resolved_at"))
+    update_at = parse_time(upd.get("published_at"))
+    duration = None
+    if kind == "resolved" and started:
+        end = resolved_at or update_at or now
+        if end and end >= started:
+            duration = duration_words((end - started).total_seconds())
+    comps = tuple(dict.fromkeys(c for c in (clean_line(x) for x in (p.get("components") or [])) if c))
+    return _Facts(
+        event=event, kind=kind, title=cap(clean_line(p.get("title")) or "(untitled incident)", TITLE_MAX),
+        who=who, uploads=bool(tags.intersection(UPLOAD_TAGS)) or not tags,
+        status=_STATUS_WORDS.get(status, status[:1].upper() + status[1:]) or "Unknown",
+        impact=clean_line(p.get("impact")) or "unknown", components=comps, started=started,
+        resolved=resolved_at if kind == "resolved" else None,
+        update_status=_STATUS_WORDS.get(clean_line(upd.get("status")).lower(), clean_line(upd.get("status"))),
+        update_at=update_at, update_text=cap(clean_text(upd.get("body")), max_chars),
+        link=safe_link(p.get("url")), duration=duration)
+
+
+def _title(f: _Facts) -> str:
+    word = {"wait": "Wait", "resolved": "Resolved", "test": "Test"}[f.kind]
+    return cap(f"{word}: {f.title}", TITLE_MAX)
+
+
+def _verdict(f: _Facts) -> tuple[str, str]:
+    """(the lead, bold where the format allows, and the rest of the verdict), plain text."""
+    if f.kind == "resolved":
+        return (f"Resolved after {f.duration}." if f.duration else "Resolved."), \
+            "If uploads still fail, troubleshoot locally:"
+    what = "an active incident affecting file uploads" if f.uploads else "an active incident"
+    return "Wait:", (f"{f.who} reports {what}. Retrying now will likely fail; "
+                     "this message will update when it is resolved.")
+
+
+def _fact_lines(f: _Facts) -> list[tuple[str, str]]:
+    """(label, plain value) pairs, in order."""
+    out = [("Status", f.status), ("Impact", f.impact)]
+    if f.components:
+        out.append(("Affected", ", ".join(f.components)))
+    if f.started:
+        out.append(("Started", utc_words(f.started)))
+    if f.resolved:
+        out.append(("Resolved", utc_words(f.resolved)))
+    return out
+
+
+def _update_heading(f: _Facts) -> str:
+    bits = [b for b in (f.update_status, utc_words(f.update_at) if f.update_at else "") if b]
+    return "Latest update" + (f" ({', '.join(bits)})" if bits else "") + ":"
+
+
+_TEST_INTRO = ("This is a test message from openai-status-monitor: no incident is open. "
+               "Real messages look like the one below.")
+
+
+def _text(f: _Facts) -> str:
+    first, rest = _verdict(f)
+    parts = [_TEST_INTRO] if f.kind == "test" else []
+    block = [f"{first} {rest}".strip()]
+    if f.kind == "resolved":
+        block += [f"{n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
+    parts.append("\n".join(block))
+    parts.append("\n".join(f"{k}: {v}" for k, v in _fact_lines(f)))
+    if f.update_text:
+        parts.append(_update_heading(f) + "\n" + f.update_text)
+    if f.link:
+        parts.append(f"Details: {f.link}")
+    return "\n\n".join(parts)
+
+
+def _slack(f: _Facts) -> str:
+    e = slack_escape
+    first, rest = _verdict(f)
+    parts = [_TEST_INTRO] if f.kind == "test" else []
+    block = [f"*{first}* {e(rest)}".rstrip()]
+    if f.kind == "resolved":
+        block += [f"{n}. {e(item)}" for n, item in enumerate(CHECKLIST, 1)]
+    parts.append("\n".join(block))
+    parts.append("\n".join(f"*{k}:* {e(v)}" for k, v in _fact_lines(f)))
+    if f.update_text:
+        parts.append(f"*{e(_update_heading(f))}*\n{e(f.update_text)}")
+    if f.link:
+        parts.append(f"<{_slack_url(f.link)}|View incident>")
+    return "\n\n".join(parts)
+
+
+def _html_body(f: _Facts) -> str:
+    def e(s: str) -> str:
+        return _html.escape(s, quote=True)
+
+    first, rest = _verdict(f)
+    parts = [f"<p>{e(_TEST_INTRO)}</p>"] if f.kind == "test" else []
+    parts.append(f"<p><strong>{e(first)}</strong> {e(rest)}</p>")
+    if f.kind == "resolved":
+        parts.append("<ol>" + "".join(f"<li>{e(item)}</li>" for item in CHECKLIST) + "</ol>")
+    parts.append("<p>" + "<br>".join(f"<strong>{e(k)}:</strong> {e(v)}" for k, v in _fact_lines(f)) + "</p>")
+    if f.update_text:
+        parts.append(f"<p><strong>{e(_update_heading(f))}</strong><br>"
+                     + "<br>".join(e(line) for line in f.update_text.split("\n")) + "</p>")
+    if f.link:
+        parts.append(f'<p>Details: <a href="{e(f.link)}">{e(f.link)}</a></p>')
+    return "\n".join(parts)
+
+
+def render(payload: dict, fmt: str, *, max_chars: int = 1500, now: datetime | None = None) -> Message:
+    """The message for one outbox payload in `fmt` ("text", "slack" or "email").
+
+    `max_chars` caps the status page's update text; `now` ends the duration of a resolved incident that
+    carries neither a resolution nor an update time.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown message format {fmt!r} (known: {', '.join(FORMATS)})")
+    if not isinstance(payload, dict):
+        raise ValueError("payload must be a JSON object")
+    f = _facts(payload, max_chars, now)
+    title = _title(f)
+    if fmt == "slack":
+        return Message(title, _slack(f), None, f.kind)
+    if fmt == "email":
+        return Message(title, _text(f), _html_body(f), f.kind)
+    return Message(title, _text(f), None, f.kind)
