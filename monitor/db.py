@@ -74,11 +74,40 @@ def upgrade(url: str, engine: Engine | None = None) -> bool:
     cfg = Config()  # no ini file: env.py leaves logging alone
     cfg.set_main_option("script_location", migrations_dir())
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    try:
-        command.upgrade(cfg, "head")
-    except OperationalError as exc:
-        raise StoreError(f"cannot migrate the store {safe_url(url)}: {safe_error(exc)}") from None
+    with _migration_lock(url):  # two processes starting on a new store must not both create it
+        if engine is not None and current_revision(engine) == HEAD_REVISION:
+            return False
+        try:
+            command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreError(f"cannot migrate the store {safe_url(url)}: {safe_error(exc)}") from None
     return True
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """An exclusive lock file beside a SQLite store for the time of a migration (other databases run
+    Alembic's DDL in a transaction)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(url).database if url.startswith("sqlite") else None
+    except Exception:
+        path = None
+    if not path or path == ":memory:":
+        yield
+        return
+    import fcntl
+
+    try:
+        fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the store {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def migrations_dir() -> str:

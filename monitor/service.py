@@ -1,7 +1,18 @@
-"""`monitor run`: the long-running service. APScheduler (asyncio) polls each page on its interval with a
-little jitter, one poll of a page at a time, missed runs coalesced after a suspend; messages are delivered as
-soon as a poll commits them; SIGTERM/SIGINT abandon the poll in flight (its transaction never commits
-half-way) and exit 0 within seconds; systemd's notify protocol is spoken when NOTIFY_SOCKET is set."""
+"""`monitor run`: the long-running service.
+
+* APScheduler 3 (asyncio) polls each page on its interval with a little jitter; never two polls of one page
+  at once (max_instances=1); runs missed during a suspend are coalesced into one, however late.
+* Messages a poll queued are delivered at once, in a task of their own (a slow channel never holds up the
+  next poll); a sweep every DELIVERY_EVERY seconds retries what failed.
+* SIGTERM/SIGINT: the poll in flight is cancelled (its transaction never commits half-way: everything it
+  learnt is written in one BEGIN IMMEDIATE transaction without an await inside), a delivery in flight gets
+  DELIVERY_GRACE seconds to record its outcome, and the process exits 0.
+* systemd's notify protocol when NOTIFY_SOCKET is set: READY=1 once the store is migrated and the scheduler
+  started, STATUS= with the last poll's outcome of each page, WATCHDOG=1 every WATCHDOG_USEC/2 while every
+  page's poll loop keeps completing (a hung loop stops the pings and systemd restarts us), STOPPING=1.
+* Logs: one line per event on stderr, level first; under journald (JOURNAL_STREAM) each line also carries
+  its syslog priority (`<4>WARNING ...`), so `journalctl -p warning` works.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -17,6 +29,8 @@ from monitor.config import Settings
 log = logging.getLogger("monitor.service")
 
 DELIVERY_EVERY = 15.0   # seconds between retry sweeps of the outbox
+DELIVERY_GRACE = 5.0    # seconds a delivery in flight may still take after SIGTERM
+CANCEL_GRACE = 3.0      # seconds a cancelled poll may take to unwind
 
 
 def sd_notify(*lines: str) -> bool:
@@ -31,53 +45,169 @@ def sd_notify(*lines: str) -> bool:
             s.connect(addr)
             s.sendall("\n".join(lines).encode())
     except OSError as exc:
-        log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc.strerror)
+        if not _notify_failed:     # once: the watchdog would repeat it every few seconds
+            log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc.strerror or exc)
+            _notify_failed.append(exc)
         return False
     return True
+
+
+_notify_failed: list[OSError] = []
+
+
+def watchdog_seconds() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when no watchdog is asked of us."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return max(0.1, int(usec) / 2e6)
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Wraps a formatter: every record becomes exactly one line (newlines in messages and tracebacks are
+    shown as ` | `), prefixed with `<priority>` when stderr is the journal."""
+
+    def __init__(self, inner: logging.Formatter | None, journal: bool):
+        super().__init__()
+        self.inner = inner or logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        text = " | ".join(part.rstrip() for part in text.splitlines() if part.strip())
+        if self.journal:
+            text = f"<{_PRIORITY.get(record.levelno, 6)}>{text}"
+        return text
+
+
+def stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=dev:inode of the stream it connected stdout/stderr to."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def one_line_logs() -> None:
+    journal = stderr_is_journal()
+    for h in logging.getLogger().handlers:
+        if not isinstance(h.formatter, OneLineFormatter):
+            h.setFormatter(OneLineFormatter(h.formatter, journal))
+
+
+# ------------------------------------------------------------------------------------------------ service
+
+def in_daemon_thread(fn, *args) -> tuple[threading.Thread, asyncio.Future]:
+    """Start fn(*args) in a daemon thread; returns the thread and a future of its result. Unlike
+    asyncio.to_thread, a call still running at exit does not keep the process alive (the caller decides how
+    long to wait for it)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(setter, value):
+        if not fut.done():
+            setter(value)
+
+    def target():
+        try:
+            value = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            done = (fut.set_exception, exc)
+        else:
+            done = (fut.set_result, value)
+        try:
+            loop.call_soon_threadsafe(settle, *done)
+        except RuntimeError:  # the loop is gone: we are shutting down
+            pass
+
+    t = threading.Thread(target=target, name=f"{getattr(fn, '__name__', 'work')}", daemon=True)
+    t.start()
+    return t, fut
 
 
 class Service:
     def __init__(self, settings: Settings, engine, rules):
         self.settings, self.engine, self.rules = settings, engine, rules
-        self.running_tasks: set[asyncio.Task] = set()
+        self.polls: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.threads: set[threading.Thread] = set()
         self.last_attempt: dict[str, float] = {}
         self.outcomes: dict[str, str] = {}
         self.started = time.monotonic()
-        self.deliver_lock = asyncio.Lock()
         self.http = None
         self.stopping = asyncio.Event()
+        self.delivering = False
+        self.deliver_again = False
+
+    # -- jobs ------------------------------------------------------------------------------------------
 
     async def poll_job(self, name: str) -> None:
+        """One poll of one page (an APScheduler job). Never raises: APScheduler would log a traceback."""
         from monitor.poll import poll_page
 
+        if self.stopping.is_set():
+            return
         task = asyncio.current_task()
-        self.running_tasks.add(task)
+        self.polls.add(task)
         try:
             ps = self.settings.page(name)
             result = await poll_page(self.settings, ps, self.engine, self.http, self.rules)
-            self.outcomes[name] = result.summary()
+            at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
+            self.outcomes[name] = f"{result.summary()} (at {at})"
             (log.info if result.ok or result.skipped else log.warning)("poll %s", result.summary())
             sd_notify("STATUS=" + " | ".join(self.outcomes[p.name] for p in self.settings.pages
                                               if p.name in self.outcomes))
             if result.queued:
-                await self.deliver()
+                self.spawn(self.deliver())
         except asyncio.CancelledError:
-            log.info("poll of %s abandoned: shutting down", name)
-            raise
+            log.info("poll of %s abandoned: shutting down (nothing of it was stored)", name)
         except Exception as exc:  # a bug must not kill the service; it shows in the log and in `status`
             log.error("poll of %s failed: %s: %s", name, type(exc).__name__, exc)
         finally:
             self.last_attempt[name] = time.monotonic()
-            self.running_tasks.discard(task)
+            self.polls.discard(task)
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def deliver(self) -> None:
+        """Send what is due. One delivery at a time; a request made while one runs makes it go round again."""
+        if self.delivering:
+            self.deliver_again = True
+            return
         from monitor.notify.deliver import deliver_due
 
-        async with self.deliver_lock:
-            try:
-                await asyncio.to_thread(deliver_due, self.settings, self.engine)
-            except Exception as exc:
-                log.error("delivery failed: %s: %s", type(exc).__name__, exc)
+        self.delivering = True
+        task = asyncio.current_task()
+        self.tasks.add(task)
+        try:
+            while not self.stopping.is_set():
+                self.deliver_again = False
+                self.threads = {t for t in self.threads if t.is_alive()}
+                thread, fut = in_daemon_thread(deliver_due, self.settings, self.engine)
+                self.threads.add(thread)
+                try:
+                    await fut
+                except asyncio.CancelledError:
+                    return
+                except Exception as exc:
+                    log.error("delivery failed: %s: %s", type(exc).__name__, exc)
+                if not self.deliver_again:
+                    break
+        finally:
+            self.delivering = False
+            self.tasks.discard(task)
 
     def healthy(self) -> bool:
         """Every page's poll loop has completed an attempt recently (a hung loop stops the watchdog pings;
@@ -90,10 +220,14 @@ class Service:
         return True
 
     async def watchdog(self) -> None:
+        if self.stopping.is_set():
+            return
         if self.healthy():
             sd_notify("WATCHDOG=1")
         else:
             log.warning("not pinging the watchdog: a poll loop has not completed recently")
+
+    # -- life ------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -103,38 +237,59 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, sig)
-        sched = AsyncIOScheduler(timezone=timezone.utc,
-                                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+        sched = AsyncIOScheduler(timezone=timezone.utc, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         now = datetime.now(timezone.utc)
         async with client() as http:
             self.http = http
             for i, p in enumerate(self.settings.pages):
-                sched.add_job(self.poll_job, "interval", args=[p.name], id=f"poll:{p.name}",
+                sched.add_job(self.poll_job, "interval", args=[p.name], id=f"poll:{p.name}", name=f"poll {p.name}",
                               seconds=p.poll_interval, jitter=min(5.0, p.poll_interval * 0.1),
                               next_run_time=now + timedelta(seconds=0.2 * i))
-            sched.add_job(self.deliver, "interval", id="deliver", seconds=DELIVERY_EVERY,
+            sched.add_job(self.deliver, "interval", id="deliver", name="deliver", seconds=DELIVERY_EVERY,
                           next_run_time=now + timedelta(seconds=1))
-            wd = os.environ.get("WATCHDOG_USEC")
-            if wd and wd.isdigit() and int(wd) > 0 and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
-                sched.add_job(self.watchdog, "interval", id="watchdog", seconds=max(0.5, int(wd) / 2e6))
+            wd = watchdog_seconds()
+            if wd:
+                sched.add_job(self.watchdog, "interval", id="watchdog", name="watchdog", seconds=wd)
             sched.start()
             sd_notify("READY=1", "STATUS=started; first poll under way")
-            log.info("running: %s; %s", ", ".join(f"{p.name} every {p.poll_interval:g} s" for p in self.settings.pages),
-                     "messages to " + (", ".join(n.name for n in self.settings.notifiers) or "the log"))
+            log.info("running: %s; messages to %s%s",
+                     ", ".join(f"{p.name} every {p.poll_interval:g} s" for p in self.settings.pages),
+                     ", ".join(n.name for n in self.settings.notifiers) or "the log",
+                     f"; watchdog ping every {wd:g} s" if wd else "")
             await self.stopping.wait()
-            sd_notify("STOPPING=1")
+            sd_notify("STOPPING=1", "STATUS=stopping")
+            sched.pause()
+            await self._wind_down()
             sched.shutdown(wait=False)
-            for t in list(self.running_tasks):
-                t.cancel()
-            if self.running_tasks:
-                await asyncio.wait(list(self.running_tasks), timeout=5)
-            await asyncio.sleep(0)
         log.info("stopped")
 
+    async def _wind_down(self) -> None:
+        """Cancel what runs; our jobs end normally when cancelled (APScheduler would log a traceback for a
+        job that ends cancelled, which is what its own shutdown() does to every job it is running)."""
+        for _ in range(3):      # jobs submitted but not started yet start now, and return at once
+            await asyncio.sleep(0)
+        for t in list(self.polls) + list(self.tasks):
+            t.cancel()
+        pending = list(self.polls) + list(self.tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_GRACE)
+        deadline = time.monotonic() + DELIVERY_GRACE
+        while any(t.is_alive() for t in self.threads) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if any(t.is_alive() for t in self.threads):
+            log.warning("a delivery was still in flight at exit; its message may be sent again after restart")
+
     def stop(self, sig) -> None:
+        if self.stopping.is_set():
+            return
         log.info("received %s, stopping", signal.Signals(sig).name)
         self.stopping.set()
 
 
 def run(settings: Settings, engine, rules) -> None:
-    asyncio.run(Service(settings, engine, rules).run())
+    one_line_logs()
+    try:
+        asyncio.run(Service(settings, engine, rules).run())
+    finally:
+        engine.dispose()

@@ -41,29 +41,50 @@ class Verdict:
 
 
 def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime) -> Verdict:
-    """`open_incidents`: open upload-related incidents (dicts with at least `impact`, `title`)."""
+    """`open_incidents`: open upload-related incidents (dicts with at least `impact`, `title`, and `page`).
+
+    An incident on a page with fresh data means "wait", whatever the other pages say. Otherwise any page
+    without fresh data makes the answer "unknown": stale data never reads as all-clear, and an incident
+    known only from stale data may be over already (it is still listed)."""
     stale = tuple(p.name for p in pages if not p.fresh(now))
     incidents = tuple(open_incidents)
-    if stale:
-        why = "; ".join(_stale_reason(p, now) for p in pages if p.name in stale)
-        return Verdict("unknown", UNKNOWN, f"no fresh data: {why}", incidents, stale)
-    if incidents:
-        worst = max((i.get("impact") or "none" for i in incidents), key=("none", "minor", "major", "critical").index)
+    current = [i for i in incidents if i.get("page") not in stale]
+    why_stale = "; ".join(_stale_reason(p, now) for p in pages if p.name in stale)
+    if current:
+        worst = max((i.get("impact") or "none" for i in current), key=_impact_rank)
         code = CRITICAL if worst in ("major", "critical") else WARNING
-        n = len(incidents)
-        return Verdict("wait", code, f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: {worst})",
-                       incidents)
+        n = len(current)
+        reason = f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: {worst})"
+        return Verdict("wait", code, reason + (f"; no fresh data: {why_stale}" if stale else ""), incidents, stale)
+    if stale:
+        return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale)
     return Verdict("troubleshoot-locally", OK, "no upload-related incident is open", incidents)
+
+
+def _impact_rank(impact: str) -> int:
+    order = ("none", "minor", "major", "critical")
+    return order.index(impact) if impact in order else 0
+
+
+def age_words(seconds: float) -> str:
+    """A short age: 42 s, 5 min, 3 h, 2 days."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
 
 
 def _stale_reason(p: PageHealth, now: datetime) -> str:
     if p.last_success_at is None:
         base = f"{p.name} has never been polled successfully"
     else:
-        age = int((now - p.last_success_at).total_seconds())
-        base = f"{p.name} last answered {age} s ago"
+        base = f"{p.name} last answered {age_words((now - p.last_success_at).total_seconds())} ago"
     if p.consecutive_failures:
-        base += f", {p.consecutive_failures} failed poll(s) in a row"
+        base += f", {p.consecutive_failures} failed poll{'s' * (p.consecutive_failures != 1)} in a row"
         if p.last_outcome:
             base += f" ({p.last_outcome})"
     return base

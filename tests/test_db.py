@@ -65,3 +65,15 @@ def test_failed_transaction_leaves_store_as_it_was(tmp_path):
 
 def test_safe_url_masks_password():
     assert "secret" not in db.safe_url("postgresql://u:secret@h/db")
+
+
+def test_concurrent_first_migrations_do_not_collide(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/m.db"
+    code = f"from monitor import db; u={url!r}; db.upgrade(u, db.make_engine(u))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert db.current_revision(db.make_engine(url)) == db.HEAD_REVISION
