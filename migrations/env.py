@@ -1,12 +1,28 @@
 """Alembic environment: runs the shipped migrations against the configured database.
-It uses its own engine without foreign_keys=ON, so batch (table-copy) migrations keep child rows."""
+
+It uses its own engine without foreign_keys=ON, so batch (table-copy) migrations keep child rows. On SQLite
+the whole upgrade runs in one transaction (SQLite's DDL is transactional once pysqlite stops issuing its own
+COMMITs), so a process killed during a migration leaves the previous schema, not half of the new one."""
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, event, pool
 
 from monitor.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
+
+
+def _engine():
+    engine = create_engine(url, poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _rec):
+            dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN/COMMIT
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return engine
 
 
 def run() -> None:
@@ -15,11 +31,13 @@ def run() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = _engine()
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                          transactional_ddl=True)
         with context.begin_transaction():
             context.run_migrations()
+        connection.commit()
     engine.dispose()
 
 

@@ -35,8 +35,11 @@ class Ctx:
         if self._settings is None:
             from monitor import config
 
-            self._settings = config.load(self.config_path, warn=lambda m: log.warning("%s", m))
+            warnings: list[str] = []
+            self._settings = config.load(self.config_path, warn=warnings.append)
             setup_logging(self._settings.log.level)
+            for message in warnings:  # only now that logging is set up
+                log.warning("%s", message)
         return self._settings
 
     def engine(self, *, readonly: bool = False):

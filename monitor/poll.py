@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import store
 from monitor.config import PageSettings, Settings
-from monitor.db import transaction
+from monitor.db import safe_error, transaction
 from monitor.merge import merge
 from monitor.models import Incident, Page, SourceState
 from monitor.records import IncidentRec, SourceResult
@@ -98,25 +99,61 @@ class _Poll:
         self.max_bytes = int(ps.max_response_mb * (1 << 20))
         self.result = PageResult(page=ps.name)
         self.retry_after: datetime | None = None
+        self.waiting: dict[str, int] = {}      # paths requested and not answered yet
 
     def url(self, path: str) -> str:
         return self.ps.base_url + path
 
     async def get(self, path: str, state: SourceState | None = None) -> Fetched:
+        key = path.split("?", 1)[0]
+        self.waiting[key] = self.waiting.get(key, 0) + 1
         try:
-            return await fetch(self.http, self.url(path), etag=state.etag if state else None,
-                               last_modified=state.last_modified if state else None,
-                               max_bytes=self.max_bytes, deadline=self.ps.deadline)
-        except FetchError as exc:
-            if exc.retry_after and (self.retry_after is None or exc.retry_after > self.retry_after):
+            ans = await fetch(self.http, self.url(path), etag=state.etag if state else None,
+                              last_modified=state.last_modified if state else None,
+                              max_bytes=self.max_bytes, deadline=self.ps.deadline)
+        except asyncio.CancelledError:
+            raise                       # the poll gave up waiting: it stays in `waiting` for late()
+        except BaseException as exc:
+            self._answered(key)
+            if isinstance(exc, FetchError) and exc.retry_after and (
+                    self.retry_after is None or exc.retry_after > self.retry_after):
                 self.retry_after = exc.retry_after
             raise
+        self._answered(key)
+        return ans
+
+    def _answered(self, key: str) -> None:
+        self.waiting[key] -= 1
+        if not self.waiting[key]:
+            del self.waiting[key]
+
+    def late(self) -> str:
+        """Why the poll's deadline passed: the paths still unanswered."""
+        if not self.waiting:
+            return f"the poll took longer than its {self.ps.deadline:g} s deadline"
+        paths = sorted(self.waiting)
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        return f"no answer within the poll's {self.ps.deadline:g} s deadline from {shown}"
 
 
 async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *, backfill: bool = True) -> PageResult:
-    """Poll one page. Never raises for a page's own failures: they are in the result and in `pages`."""
+    """Poll one page. Never raises for a page's own failures: they are in the result and in `pages`. A store
+    that cannot be written (disk full, read-only, locked) fails this page's poll with one line; nothing is
+    half-written (each write is one transaction) and the next poll tries again."""
     started = time.monotonic()
     p = _Poll(settings, ps, engine, http, rules)
+    try:
+        return await _poll_page(p, started, backfill)
+    except SQLAlchemyError as exc:
+        res = p.result
+        res.ok, res.skipped = False, None
+        res.errors.append(f"cannot write the store: {safe_error(exc)}")
+        res.seconds = time.monotonic() - started
+        return res
+
+
+async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
+    settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
     res = p.result
     now = now_utc()
     with transaction(engine) as s:
@@ -127,15 +164,22 @@ async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *
     if not_before and not_before > now:
         res.skipped = f"the page asked us to wait until {not_before:%H:%M:%S} UTC"
         return res
-    fetched = details = None
+    fetched = None
+    details: list[IncidentRec] = []
+    end = asyncio.get_running_loop().time() + ps.deadline
     try:
-        async with asyncio.timeout(ps.deadline):
-            fetched = await _fetch_sources(p, kind, states, now)
-            if fetched and fetched[0] == "incidentio":
-                details = await _fetch_details(p, page_id, _group(fetched[1]), now)
+        async with asyncio.timeout_at(end):
+            fetched = await _fetch_sources(p, kind, states, now, end)
     except TimeoutError:
-        res.errors.append(f"the poll took longer than its {ps.deadline:g} s deadline")
+        res.errors.append(p.late())
         fetched = None
+    if fetched and fetched[0] == "incidentio":
+        # timelines in the time left; what the list sources said is kept when they do not all arrive
+        try:
+            async with asyncio.timeout_at(end):
+                await _fetch_details(p, page_id, _group(fetched[1]), now, out=details)
+        except TimeoutError:
+            res.errors.append("incident timelines: " + p.late())
     if not fetched or not res.sources_ok:
         res.ok = False
         _record_failure(engine, page_id, p, now)
@@ -143,7 +187,7 @@ async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *
         return res
     kind, parsed, new_states, comps = fetched
     res.kind, res.ok = kind, True
-    _apply(p, page_id, parsed, details or [], new_states, comps, first_poll, now)
+    _apply(p, page_id, parsed, details, new_states, comps, first_poll, now)
     if backfill and first_poll and kind == "incidentio" and ps.history_days > 0:
         try:
             await run_backfill(settings, ps, engine, http, rules, since=now - timedelta(days=ps.history_days))
@@ -158,7 +202,9 @@ def _detached(s: SourceState) -> SourceState:
                        fetched_at=s.fetched_at)
 
 
-async def _fetch_sources(p: _Poll, kind, states, now):
+async def _fetch_sources(p: _Poll, kind, states, now, end: float):
+    """Fetch and parse the page's list sources. A source still unanswered shortly before the poll's
+    deadline (`end`, loop time) counts as failed; the sources that did answer are used."""
     res = p.result
     if kind is None:
         kind = await _detect(p)
@@ -169,7 +215,18 @@ async def _fetch_sources(p: _Poll, kind, states, now):
     comp_state = states.get(mod.COMPONENTS_PATH)
     if comp_state is None or comp_state.fetched_at is None or now - comp_state.fetched_at > COMPONENTS_EVERY:
         paths.append(mod.COMPONENTS_PATH)
-    answers = await asyncio.gather(*(p.get(path, states.get(path)) for path in paths), return_exceptions=True)
+    loop = asyncio.get_running_loop()
+    tasks = [asyncio.ensure_future(p.get(path, states.get(path))) for path in paths]
+    try:
+        _done, pending = await asyncio.wait(tasks, timeout=max(0.0, end - loop.time() - 0.1))
+    finally:
+        for t in tasks:
+            t.cancel()                  # no-op for those done; all of them when this poll is cancelled
+    if pending:
+        await asyncio.wait(pending)
+    p.waiting.clear()
+    answers = [FetchError(f"no answer from {p.url(path)} within the poll's {p.ps.deadline:g} s deadline")
+               if t in pending else (t.exception() or t.result()) for path, t in zip(paths, tasks)]
     parsed: dict[str, SourceResult] = {}
     new_states: dict[str, tuple] = {}
     comps = None
@@ -195,6 +252,7 @@ async def _fetch_sources(p: _Poll, kind, states, now):
             res.errors.append(f"{path}: {exc}")
             continue
         res.sources_ok.append(path)
+        res.errors.extend(f"{path}: {w}" for w in out.extra.get("warnings", ()))
         new_states[path] = (ans.etag, ans.last_modified, digest)
         if path == mod.COMPONENTS_PATH:
             comps = out
@@ -245,9 +303,12 @@ def _group(parsed: dict[str, SourceResult]) -> dict[str, list[IncidentRec]]:
 
 
 async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentRec]], now: datetime,
-                         *, limit: int = MAX_DETAILS_PER_POLL, catch_up: int = CATCH_UP_PER_POLL) -> list[IncidentRec]:
+                         *, limit: int = MAX_DETAILS_PER_POLL, catch_up: int = CATCH_UP_PER_POLL,
+                         out: list[IncidentRec] | None = None) -> list[IncidentRec]:
     """incident.io: the full timeline of each incident that is new or changed (the feed and the API only
-    carry the latest update, or no text), plus a few stored ones still missing their timeline."""
+    carry the latest update, or no text), plus a few stored ones still missing their timeline. Each timeline
+    is also appended to `out` as it arrives, so a caller that gives up waiting keeps those it got."""
+    out = [] if out is None else out
     with transaction(p.engine) as s:
         rows = store.load_incidents(s, page_id, by_id)
         wanted = []
@@ -266,17 +327,19 @@ async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentR
             wanted += list(s.scalars(q))
     sem = asyncio.Semaphore(DETAIL_CONCURRENCY)
 
-    async def one(iid: str) -> IncidentRec | None:
+    async def one(iid: str) -> None:
         async with sem:
             try:
                 ans = await p.get(incidentio.detail_path(p.ps.host, iid))
-                return incidentio.parse_proxy_incident(ans.body, p.ps.base_url, now)
+                rec = incidentio.parse_proxy_incident(ans.body, p.ps.base_url, now)
             except (FetchError, ParseError) as exc:
                 p.result.errors.append(f"timeline of {iid}: {exc}")
-                return None
+                return
+            if rec.page_incident_id in wanted:
+                out.append(rec)
 
-    got = await asyncio.gather(*(one(i) for i in wanted))
-    return [r for r in got if r is not None and r.page_incident_id in wanted]
+    await asyncio.gather(*(one(i) for i in wanted))
+    return out
 
 
 def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, now, *, silent=False) -> None:

@@ -27,7 +27,9 @@ class PageHealth:
     last_outcome: str | None = None
 
     def fresh(self, now: datetime) -> bool:
-        return (self.last_success_at is not None
+        """A good poll younger than two intervals, and no failed poll since: data from before a failure
+        never gives an all-clear."""
+        return (self.last_success_at is not None and self.consecutive_failures == 0
                 and now - self.last_success_at < timedelta(seconds=2 * self.poll_interval))
 
 

@@ -235,7 +235,7 @@ def test_backoff_shows_why_the_page_was_not_polled(tmp_path, sp):
 
 
 def test_failing_source_with_fresh_data_shows_plainly(tmp_path, sp):
-    """Fresh data still answers, but a source or the whole page failing on the last poll is shown."""
+    """A failing source is shown while the page still answers; once whole polls fail, no all-clear."""
     cfg = write_config(tmp_path, {"openai": sp.base_url})
     run(cfg, "poll")
     sp.faults["/history.atom"] = Fault.error(502)
@@ -249,8 +249,8 @@ def test_failing_source_with_fresh_data_shows_plainly(tmp_path, sp):
     run(cfg, "poll", ok=False)
     run(cfg, "poll", ok=False)
     r = status(cfg)
-    assert r.exit_code == 0                          # the last good poll is still fresh
-    assert re.search(r"^Source openai: fresh, last good poll .*; FAILING: 2 polls in a row failed, "
+    assert r.exit_code == 3, r.stdout                # failed polls since the last good one: no all-clear
+    assert re.search(r"^Source openai: .*FAILING: 2 polls in a row failed, "
                      r"last: failed: HTTP 500 from ", r.stdout, re.M), r.stdout
 
 

@@ -19,9 +19,22 @@ class ParseError(Exception):
     """A body was not the JSON or feed we expected (one-line message)."""
 
 
-def parse_time(value, now: datetime | None = None) -> datetime | None:
-    """ISO 8601 (Z, 2- or 3-digit fractions) to aware UTC. Implausible times (before 2010 or more than a day
-    ahead of `now`) count as missing: they come from a broken page, not from an incident."""
+def plausible(t: datetime | None, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
+    """`t` when it can be an incident's time (2010 or later, at most a day ahead of `now`), else None,
+    noted in `rejected`: such times come from a broken page, not from an incident."""
+    if t is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    if t < EARLIEST or t > now + timedelta(days=1):
+        if rejected is not None:
+            rejected.append(t)
+        return None
+    return t
+
+
+def parse_time(value, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
+    """ISO 8601 (Z, 2- or 3-digit fractions) to aware UTC. Implausible times count as missing (and are
+    noted in `rejected`), see `plausible`."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
@@ -30,19 +43,30 @@ def parse_time(value, now: datetime | None = None) -> datetime | None:
         return None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
-    t = t.astimezone(timezone.utc)
-    now = now or datetime.now(timezone.utc)
-    if t < EARLIEST or t > now + timedelta(days=1):
-        return None
-    return t
+    return plausible(t.astimezone(timezone.utc), now, rejected)
 
 
-def struct_time_utc(t, now: datetime | None = None) -> datetime | None:
+def struct_time_utc(t, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
     if not t:
         return None
-    dt = datetime.fromtimestamp(calendar.timegm(t), timezone.utc)
-    now = now or datetime.now(timezone.utc)
-    return None if dt < EARLIEST or dt > now + timedelta(days=1) else dt
+    try:
+        dt = datetime.fromtimestamp(calendar.timegm(t), timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return plausible(dt, now, rejected)
+
+
+def notes(*, skipped: int = 0, what: str = "incidents", untitled: int = 0, rejected: list | None = None) -> list[str]:
+    """One-line notes on what a parser left out of an otherwise usable body."""
+    out = []
+    if skipped:
+        out.append(f"{what} without an id skipped: {skipped}")
+    if untitled:
+        out.append(f"{what} without a title: {untitled}")
+    if rejected:
+        eg = min(rejected).isoformat().replace("+00:00", "Z")
+        out.append(f"implausible timestamps ignored: {len(rejected)} (e.g. {eg})")
+    return out
 
 
 _STATUS_WORDS = {s: s for s in STATUSES} | {
@@ -129,9 +153,29 @@ def load_feed(body: bytes, content_type: str, what: str):
 
     if not body.strip():
         raise ParseError(f"{what}: empty body")
+    if _ENTITY.search(body[:65536]):
+        # feedparser would not expand them, but a status page never declares any: refuse the body
+        raise ParseError(f"{what}: declares XML entities (a DTD); refused")
+    if _charset(body, content_type) in ("utf-8", "utf8"):
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError(f"{what}: not UTF-8") from None
     d = feedparser.parse(io.BytesIO(body), response_headers={"content-type": content_type or "application/xml"})
     if not d.get("version") or isinstance(d.get("bozo_exception"), xml.sax.SAXException):
         head = body.lstrip()[:15].lower()
         kind = "an HTML page" if head.startswith((b"<!doctype", b"<html")) else "not a valid feed"
         raise ParseError(f"{what}: {kind}")
     return d
+
+
+_ENTITY = re.compile(rb"<!ENTITY", re.I)
+
+
+def _charset(body: bytes, content_type: str | None) -> str:
+    """The encoding a feed declares (HTTP charset, else its XML declaration), UTF-8 when it declares none."""
+    m = re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", content_type or "", re.I)
+    if m:
+        return m.group(1).lower()
+    m = re.match(rb"\s*<\?xml[^>]*encoding\s*=\s*[\"']([\w.:-]+)", body[:300])
+    return m.group(1).decode("ascii").lower() if m else "utf-8"

@@ -1,5 +1,6 @@
 """Fetching a status page's URLs safely: capped bodies (compressed and inflated), only encodings we decode,
-few redirects, conditional GET with stored validators, Retry-After honoured, a deadline per request."""
+few redirects and only on the page's own host, conditional GET with stored validators, Retry-After
+honoured, a deadline per request, one-line errors."""
 from __future__ import annotations
 
 import asyncio
@@ -32,9 +33,13 @@ class Fetched:
     last_modified: str | None
 
 
+MAX_REDIRECTS = 5
+
+
 def client(timeout: float = 10.0) -> httpx.AsyncClient:
+    """The shared client. It follows no redirect itself: `fetch` does, on the page's own host only."""
     return httpx.AsyncClient(
-        follow_redirects=True, max_redirects=5,
+        follow_redirects=False, max_redirects=MAX_REDIRECTS,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip"},
         trust_env=False,
@@ -58,49 +63,89 @@ def retry_after(value: str | None, now: datetime) -> datetime | None:
     return min(when, now + timedelta(days=1))
 
 
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):g} MB"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def same_site(origin: httpx.URL, target: httpx.URL) -> bool:
+    """A redirect may change the path, or move http to https on the same host; never the host or the port."""
+    if target.host != origin.host:
+        return False
+    if target.scheme == origin.scheme:
+        return target.port == origin.port
+    return origin.scheme == "http" and target.scheme == "https" and target.port in (None, 443)
+
+
 async def fetch(http: httpx.AsyncClient, url: str, *, etag: str | None = None,
                 last_modified: str | None = None, max_bytes: int = 10 << 20,
                 deadline: float = 30.0) -> Fetched:
-    """GET `url`; at most `max_bytes` of body (compressed or not), all within `deadline` seconds."""
+    """GET `url`; at most `max_bytes` of body (compressed or not), all within `deadline` seconds, following
+    at most MAX_REDIRECTS redirects and only on `url`'s own host (the monitor contacts nothing else)."""
     headers = {}
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
+    origin = target = httpx.URL(url)
     try:
         async with asyncio.timeout(deadline):
-            async with http.stream("GET", url, headers=headers) as r:
-                if r.status_code == 304:
-                    return Fetched(304, b"", "", etag, last_modified)
-                if r.status_code == 429 or r.status_code == 503:
-                    now = datetime.now(timezone.utc)
-                    raise FetchError(f"HTTP {r.status_code} from {url}",
-                                     retry_after(r.headers.get("retry-after"), now))
-                if r.status_code != 200:
-                    raise FetchError(f"HTTP {r.status_code} from {url}")
-                enc = r.headers.get("content-encoding", "identity").strip().lower()
-                if enc not in ("identity", "gzip", ""):
-                    raise FetchError(f"unexpected content-encoding {enc!r} from {url}")
-                inflate = zlib.decompressobj(47) if enc == "gzip" else None
-                out, raw = bytearray(), 0
-                async for chunk in r.aiter_raw():
-                    raw += len(chunk)
-                    if raw > max_bytes:
-                        raise FetchError(f"response from {url} is larger than {max_bytes >> 20} MB; stopped reading")
-                    out += inflate.decompress(chunk, max_bytes + 1 - len(out)) if inflate else chunk
-                    if len(out) > max_bytes:
-                        raise FetchError(f"response from {url} inflates past {max_bytes >> 20} MB; stopped reading")
-                if inflate is not None and not inflate.eof:
-                    raise FetchError(f"truncated gzip body from {url}")
-                return Fetched(200, bytes(out), r.headers.get("content-type", ""),
-                               r.headers.get("etag"), r.headers.get("last-modified"))
+            for _hop in range(MAX_REDIRECTS + 1):
+                async with http.stream("GET", target, headers=headers, follow_redirects=False) as r:
+                    if not r.has_redirect_location:
+                        return await _read(r, url, etag, last_modified, max_bytes)
+                    nxt = r.url.join(r.headers["location"])
+                    if not same_site(origin, nxt):
+                        raise FetchError(f"{url} redirects to another host ({nxt.scheme}://{nxt.netloc.decode()}); "
+                                         "not followed")
+                    target = nxt
+            raise FetchError(f"too many redirects from {url}")
     except TimeoutError:
         raise FetchError(f"no complete answer from {url} within {deadline:g} s") from None
-    except httpx.TooManyRedirects:
-        raise FetchError(f"too many redirects from {url}") from None
     except httpx.TimeoutException:
         raise FetchError(f"timed out talking to {url}") from None
+    except httpx.RemoteProtocolError as exc:
+        if "peer closed" in str(exc) or "incomplete" in str(exc).lower():
+            raise FetchError(f"the connection closed before the whole response from {url} arrived") from None
+        raise FetchError(f"invalid HTTP response from {url}: {_one_line(exc)}") from None
+    except httpx.ConnectError as exc:
+        raise FetchError(f"cannot connect to {url}: {_one_line(exc)}".rstrip(": ")) from None
     except httpx.HTTPError as exc:
-        raise FetchError(f"{type(exc).__name__} fetching {url}: {exc}".rstrip(": ")) from None
-    except zlib.error:
+        raise FetchError(f"{type(exc).__name__} fetching {url}: {_one_line(exc)}".rstrip(": ")) from None
+    except (zlib.error, EOFError):
         raise FetchError(f"corrupt gzip body from {url}") from None
+    except httpx.InvalidURL as exc:
+        raise FetchError(f"invalid URL {url}: {_one_line(exc)}") from None
+
+
+async def _read(r: httpx.Response, url: str, etag: str | None, last_modified: str | None, max_bytes: int) -> Fetched:
+    if r.status_code == 304:
+        return Fetched(304, b"", "", etag, last_modified)
+    if r.status_code == 429 or r.status_code == 503:
+        now = datetime.now(timezone.utc)
+        raise FetchError(f"HTTP {r.status_code} from {url}", retry_after(r.headers.get("retry-after"), now))
+    if r.status_code != 200:
+        raise FetchError(f"HTTP {r.status_code} from {url}")
+    enc = r.headers.get("content-encoding", "identity").strip().lower()
+    if enc not in ("identity", "gzip", ""):
+        raise FetchError(f"unexpected content-encoding {enc!r} from {url}")
+    declared = r.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise FetchError(f"response from {url} is larger than {_mb(max_bytes)} ({declared} bytes announced); "
+                         "not read")
+    inflate = zlib.decompressobj(47) if enc == "gzip" else None
+    out, raw = bytearray(), 0
+    async for chunk in r.aiter_raw():
+        raw += len(chunk)
+        if raw > max_bytes:
+            raise FetchError(f"response from {url} is larger than {_mb(max_bytes)}; stopped reading")
+        out += inflate.decompress(chunk, max_bytes + 1 - len(out)) if inflate else chunk
+        if len(out) > max_bytes:
+            raise FetchError(f"response from {url} inflates past {_mb(max_bytes)}; stopped reading")
+    if inflate is not None and not inflate.eof:
+        raise FetchError(f"truncated gzip body from {url}")
+    return Fetched(200, bytes(out), r.headers.get("content-type", ""),
+                   r.headers.get("etag"), r.headers.get("last-modified"))

@@ -17,7 +17,7 @@ from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec
 from monitor.sources import statuspage
 from monitor.sources.common import (
     ParseError, canonical_url, html_to_text, incident_id_from_link, load_feed, load_json, norm_impact,
-    norm_status, parse_time, struct_time_utc,
+    norm_status, notes, parse_time, struct_time_utc,
 )
 
 POLL_PATHS = ("/api/v2/incidents.json", "/feed.atom")
@@ -37,7 +37,7 @@ def window_path(host: str, start: datetime, end: datetime) -> str:
 def parse_api_incidents(body: bytes, base_url: str, now: datetime | None = None) -> SourceResult:
     """The lossy Statuspage-compatible list: never a full timeline, never component evidence."""
     res = statuspage.parse_incidents_json(body, base_url, source="api", full_timeline=False, now=now)
-    return SourceResult(incidents=tuple(_drop_impact(r) for r in res.incidents))
+    return SourceResult(incidents=tuple(_drop_impact(r) for r in res.incidents), extra=res.extra)
 
 
 def _drop_impact(r: IncidentRec) -> IncidentRec:
@@ -75,23 +75,30 @@ def parse_feed(body: bytes, content_type: str, base_url: str, now: datetime | No
     """`/feed.atom`, `/feed.rss`, `/history.atom`: one record per incident carrying its latest update."""
     d = load_feed(body, content_type, "feed")
     now = now or datetime.now(timezone.utc)
-    recs = []
+    recs, skipped, untitled, bad = [], 0, 0, []
     for e in d.entries:
         iid = incident_id_from_link(e.get("id")) or incident_id_from_link(e.get("link"))
         title = (e.get("title") or "").strip()
         if not iid or not title:
+            skipped += not iid
+            untitled += bool(iid)
             continue
         raw = e.get("summary") or ((e.get("content") or [{}])[0].get("value")) or ""
         status, text, comps = parse_feed_item_html(raw)
         # Atom <updated> is the latest update's time; RSS pubDate is the incident's start.
-        updated = struct_time_utc(e.get("updated_parsed"), now) if "updated_parsed" in e else None
-        published = struct_time_utc(e.get("published_parsed"), now) if "published_parsed" in e else None
+        updated = struct_time_utc(e.get("updated_parsed"), now, bad) if "updated_parsed" in e else None
+        published = struct_time_utc(e.get("published_parsed"), now, bad) if "published_parsed" in e else None
         update = UpdateRec(status=status, body=text, published_at=updated, source="feed")
         recs.append(IncidentRec(
             page_incident_id=iid, source="feed", title=title, url=canonical_url(base_url, iid),
             status=status, started_at=published, updated_at=updated,
             updates=(update,) if (status or text) else (), components=comps))
-    return SourceResult(incidents=tuple(recs))
+    if (skipped or untitled) and not recs:
+        raise ParseError(f"feed: none of its {skipped + untitled} entries names an incident (the page changed shape?)")
+    warn = notes(skipped=skipped, what="entries", rejected=bad)
+    if untitled:  # the feed's title is what the item is about: an untitled item is left out
+        warn.append(f"entries without a title skipped: {untitled}")
+    return SourceResult(incidents=tuple(recs), extra={"warnings": warn})
 
 
 def _proxy_incident(inc: dict, base_url: str, now: datetime, *, full: bool) -> IncidentRec | None:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec
 from monitor.sources.common import (
     ParseError, canonical_url, html_to_text, incident_id_from_link, load_feed, load_json, norm_impact,
-    norm_status, parse_time, struct_time_utc,
+    norm_status, notes, parse_time, plausible, struct_time_utc,
 )
 
 POLL_PATHS = ("/api/v2/incidents.json", "/history.atom")
@@ -30,14 +30,17 @@ def _components(items) -> tuple[ComponentRec, ...]:
 
 def parse_incidents_json(body: bytes, base_url: str, *, source: str = "api", full_timeline: bool = True,
                          now: datetime | None = None) -> SourceResult:
-    """Statuspage `incidents.json` (or `summary.json`'s incidents). Skips entries without an id."""
-    data = load_json(body, source + " incidents.json")
+    """Statuspage `incidents.json` (or `summary.json`'s incidents). Skips entries without an id (noted in
+    `extra["warnings"]`, with untitled incidents and implausible times); none usable is a ParseError."""
+    what = source + " incidents.json"
+    data = load_json(body, what)
     if not isinstance(data, dict) or not isinstance(data.get("incidents"), list):
-        raise ParseError(f"{source} incidents.json: no 'incidents' list (the page changed shape?)")
+        raise ParseError(f"{what}: no 'incidents' list (the page changed shape?)")
     now = now or datetime.now(timezone.utc)
-    recs = []
+    recs, skipped, untitled, bad = [], 0, 0, []
     for inc in data["incidents"]:
         if not isinstance(inc, dict) or not isinstance(inc.get("id"), str) or not inc["id"].strip():
+            skipped += 1
             continue
         iid = inc["id"].strip()
         updates = []
@@ -47,20 +50,24 @@ def parse_incidents_json(body: bytes, base_url: str, *, source: str = "api", ful
             body_text = u.get("body") if isinstance(u.get("body"), str) else ""
             updates.append(UpdateRec(
                 status=norm_status(u.get("status")), body=body_text.strip(),
-                published_at=parse_time(u.get("display_at"), now) or parse_time(u.get("created_at"), now),
+                published_at=parse_time(u.get("display_at"), now, bad) or parse_time(u.get("created_at"), now, bad),
                 source=source, page_update_id=str(u["id"]) if u.get("id") else None))
         comps = _components(inc.get("components"))
+        title = inc.get("name").strip() if isinstance(inc.get("name"), str) else ""
+        untitled += not title
         recs.append(IncidentRec(
-            page_incident_id=iid, source=source,
-            title=inc.get("name").strip() if isinstance(inc.get("name"), str) else "",
+            page_incident_id=iid, source=source, title=title,
             url=canonical_url(base_url, iid),
             status=norm_status(inc.get("status")), impact=norm_impact(inc.get("impact")),
-            started_at=parse_time(inc.get("started_at"), now) or parse_time(inc.get("created_at"), now),
-            updated_at=parse_time(inc.get("updated_at"), now),
-            resolved_at=parse_time(inc.get("resolved_at"), now),
+            started_at=parse_time(inc.get("started_at"), now, bad) or parse_time(inc.get("created_at"), now, bad),
+            updated_at=parse_time(inc.get("updated_at"), now, bad),
+            resolved_at=parse_time(inc.get("resolved_at"), now, bad),
             updates=tuple(updates), components=comps,
             full_timeline=full_timeline and bool(updates)))
-    return SourceResult(incidents=tuple(recs))
+    if skipped and not recs:
+        raise ParseError(f"{what}: none of its {skipped} incidents has an id (the page changed shape?)")
+    return SourceResult(incidents=tuple(recs),
+                        extra={"warnings": notes(skipped=skipped, untitled=untitled, rejected=bad)})
 
 
 def parse_components_json(body: bytes) -> SourceResult:
@@ -83,7 +90,11 @@ _UPDATE = re.compile(r"<p>\s*<small>(?P<when>.*?)</small>\s*<br\s*/?>\s*<strong>
 _ZONES = {"UTC": 0, "GMT": 0, "PDT": -7, "PST": -8, "EDT": -4, "EST": -5, "CDT": -5, "CST": -6, "MDT": -6, "MST": -7}
 
 
-def _atlassian_when(text: str, year: int) -> datetime | None:
+def _atlassian_when(text: str, year: int, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
+    return plausible(_atlassian_time(text, year), now, rejected)
+
+
+def _atlassian_time(text: str, year: int) -> datetime | None:
     t = re.sub(r"\s+", " ", html_to_text(text))
     m = re.match(r"([A-Z][a-z]{2}) (\d{1,2}),(?: (\d{4}),)? (\d{1,2}):(\d{2}) ?([A-Z]{3})?", t)
     if not m:
@@ -102,27 +113,33 @@ def parse_feed(body: bytes, content_type: str, base_url: str, *, now: datetime |
     """Atlassian `history.atom`/`history.rss`: each entry's content lists every update, newest first."""
     d = load_feed(body, content_type, "history feed")
     now = now or datetime.now(timezone.utc)
-    recs = []
+    recs, skipped, untitled, bad = [], 0, 0, []
     for e in d.entries:
         # the link carries the incident's code (as the API's id); the Atom id has an internal number
         iid = incident_id_from_link(e.get("link")) or incident_id_from_link(e.get("id"))
         if not iid:
+            skipped += 1
             continue
-        updated = struct_time_utc(e.get("updated_parsed") if "updated_parsed" in e else None, now)
-        published = struct_time_utc(e.get("published_parsed") if "published_parsed" in e else None, now)
+        updated = struct_time_utc(e.get("updated_parsed") if "updated_parsed" in e else None, now, bad)
+        published = struct_time_utc(e.get("published_parsed") if "published_parsed" in e else None, now, bad)
         year = (updated or published or now).year
         content = (e.get("content") or [{}])[0].get("value") or e.get("summary") or ""
         updates = []
         for m in _UPDATE.finditer(content):
             updates.append(UpdateRec(
                 status=norm_status(html_to_text(m["status"])), body=html_to_text(m["body"]),
-                published_at=_atlassian_when(m["when"], year), source="feed"))
+                published_at=_atlassian_when(m["when"], year, now, bad), source="feed"))
         status = updates[0].status if updates else None
+        title = (e.get("title") or "").strip()
+        untitled += not title
         recs.append(IncidentRec(
-            page_incident_id=iid, source="feed", title=(e.get("title") or "").strip(),
+            page_incident_id=iid, source="feed", title=title,
             url=canonical_url(base_url, iid), status=status,
             started_at=updates[-1].published_at if updates else published,
             updated_at=updated,
             resolved_at=next((u.published_at for u in updates if u.status == "resolved"), None),
             updates=tuple(updates), full_timeline=bool(updates)))
-    return SourceResult(incidents=tuple(recs))
+    if skipped and not recs:
+        raise ParseError(f"history feed: none of its {skipped} entries links to an incident (the page changed shape?)")
+    return SourceResult(incidents=tuple(recs),
+                        extra={"warnings": notes(skipped=skipped, what="entries", untitled=untitled, rejected=bad)})
