@@ -92,26 +92,60 @@ def compute_tags(rules: Sequence[Rule], state: IncidentState) -> list[TagMatch]:
 
 def apply(session: Session, page: Page, changes: Sequence[Change], rows: dict[str, Incident], *,
           rules: Sequence[Rule], notifiers: Sequence, now: datetime, silent_resolved: bool = False,
-          silent: bool = False, retry_base: float = 30.0) -> int:
-    """Write every changed incident and queue its message. Returns the number of outbox rows queued."""
+          silent: bool = False) -> int:
+    """Write every changed incident and queue its message. Returns the number of outbox rows queued.
+    New incidents are inserted in bulk (a first poll or backfill may bring thousands); changed ones go
+    through the ORM."""
+    def tells(ch: Change) -> bool:
+        return bool(ch.event) and not silent and not (
+            silent_resolved and ch.event == "resolved" and ch.previous is None)
+
+    changes = [ch for ch in changes if ch.changed]
+    tags = {ch.state.page_incident_id: compute_tags(rules, ch.state) for ch in changes}
+    new = [ch for ch in changes if ch.state.page_incident_id not in rows]
+    ids = {iid: row.id for iid, row in rows.items()}
+    if new:
+        with session.no_autoflush:
+            ids.update(_insert_new(session, page, new, tags, now))
     queued = 0
     for ch in changes:
-        if not ch.changed:
-            continue
-        row = rows.get(ch.state.page_incident_id)
-        if row is None:
-            row = Incident(page_id=page.id, page_incident_id=ch.state.page_incident_id, first_seen_at=now,
-                           last_seen_at=now)
-            row.page = page
-            session.add(row)
-            rows[ch.state.page_incident_id] = row
-        _write_incident(row, ch.state, now)
-        matches = compute_tags(rules, ch.state)
-        write_tags(row, matches)
-        if ch.event and not silent and not (silent_resolved and ch.event == "resolved" and ch.previous is None):
-            session.flush()
-            queued += queue(session, row, ch, {m.tag for m in matches}, notifiers, now)
+        matches = tags[ch.state.page_incident_id]
+        if ch.previous is not None:
+            _write_incident(rows[ch.state.page_incident_id], ch.state, now)
+            write_tags(rows[ch.state.page_incident_id], matches)
+        if tells(ch):
+            queued += queue(session, ids[ch.state.page_incident_id], page.name, ch, {m.tag for m in matches},
+                            notifiers, now)
     return queued
+
+
+def _insert_new(session: Session, page: Page, new: Sequence[Change], tags: dict[str, list[TagMatch]],
+                now: datetime) -> dict[str, int]:
+    """Bulk INSERTs for incidents never seen before, their updates, components and tags; returns their ids."""
+    from sqlalchemy import insert
+
+    values = [{"page_id": page.id, "page_incident_id": s.page_incident_id, "title": s.title, "url": s.url,
+               "status": s.status, "impact": s.impact, "started_at": s.started_at, "resolved_at": s.resolved_at,
+               "page_updated_at": s.updated_at, "first_seen_at": now, "last_seen_at": now,
+               "sources": ",".join(sorted(s.sources)), "timeline_complete": s.full_timeline}
+              for s in (ch.state for ch in new)]
+    ids: dict[str, int] = {}
+    for i in range(0, len(values), 2000):
+        res = session.execute(insert(Incident.__table__).returning(Incident.page_incident_id, Incident.id,
+                                                         sort_by_parameter_order=True), values[i:i + 2000])
+        ids.update(dict(res.all()))
+    ups, comps, tag_rows = [], [], []
+    for ch in new:
+        iid = ids[ch.state.page_incident_id]
+        ups += [{"incident_id": iid, "page_update_id": u.page_update_id, "status": u.status, "body": u.body,
+                 "published_at": u.published_at, "source": u.source, "first_seen_at": now} for u in ch.state.updates]
+        comps += [{"incident_id": iid, "key": c.key, "name": c.name, "impact": c.impact} for c in ch.state.components]
+        tag_rows += [{"incident_id": iid, "tag": m.tag, "rule": m.rule, "field": m.field, "text": m.text}
+                     for m in tags[ch.state.page_incident_id]]
+    for model, batch in ((Update, ups), (IncidentComponent, comps), (Tag, tag_rows)):
+        if batch:  # Core executemany on the table: no ORM bookkeeping for rows nobody holds
+            session.execute(insert(model.__table__), batch)
+    return ids
 
 
 def _write_incident(row: Incident, s: IncidentState, now: datetime) -> None:
@@ -148,15 +182,15 @@ def write_tags(row: Incident, matches: Sequence[TagMatch]) -> None:
     row.tags = [Tag(tag=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
 
 
-def payload(row: Incident, event: str, tags: set[str], page_name: str) -> dict:
+def payload(state: IncidentState, event: str, tags: set[str], page_name: str) -> dict:
     """What a message says, frozen when it is decided (rendered per channel at delivery)."""
-    last = row.updates[-1] if row.updates else None
-    text_update = next((u for u in reversed(row.updates) if u.body), None)
+    last = state.latest_update()
+    text_update = next((u for u in reversed(state.updates) if u.body), None)
     return {
-        "event": event, "page": page_name, "id": row.page_incident_id, "title": row.title, "url": row.url,
-        "status": row.status, "impact": row.impact, "tags": sorted(tags),
-        "components": [c.name for c in row.components if c.name],
-        "started_at": _iso(row.started_at), "resolved_at": _iso(row.resolved_at),
+        "event": event, "page": page_name, "id": state.page_incident_id, "title": state.title, "url": state.url,
+        "status": state.status, "impact": state.impact, "tags": sorted(tags),
+        "components": [c.name for c in state.components if c.name],
+        "started_at": _iso(state.started_at), "resolved_at": _iso(state.resolved_at),
         "update": {"status": last.status if last else None,
                    "body": text_update.body if text_update else "",
                    "published_at": _iso(last.published_at) if last else None},
@@ -167,20 +201,21 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat().replace("+00:00", "Z") if t else None
 
 
-def queue(session: Session, row: Incident, ch: Change, tags: set[str], notifiers: Sequence, now: datetime) -> int:
+def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
+          now: datetime) -> int:
     """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
-    targets = [n.name for n in (notifiers or [LOG]) if n.wants(tags, ch.event, row.impact)]
+    targets = [n.name for n in (notifiers or [LOG]) if n.wants(tags, ch.event, ch.state.impact)]
     if not targets:
         return 0
-    key = f"{row.page.name}:{ch.dedupe_key}"
+    key = f"{page_name}:{ch.dedupe_key}"
     have = set(session.scalars(select(Outbox.notifier).where(Outbox.dedupe_key == key,
                                                               Outbox.notifier.in_(targets))))
-    body = json.dumps(payload(row, ch.event, tags, row.page.name), sort_keys=True)
+    body = json.dumps(payload(ch.state, ch.event, tags, page_name), sort_keys=True)
     n = 0
     for name in targets:
         if name in have:
             continue
-        session.add(Outbox(incident_id=row.id, notifier=name, event=ch.event, dedupe_key=key, payload=body,
+        session.add(Outbox(incident_id=incident_id, notifier=name, event=ch.event, dedupe_key=key, payload=body,
                            state="pending", attempts=0, created_at=now, next_attempt_at=now))
         n += 1
     return n
