@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from monitor.models import Delivery, Incident, Outbox, Page, Tag
+from monitor.models import Delivery, Incident, IncidentComponent, Outbox, Page, Tag
 from monitor.tags import UPLOAD_TAGS
 
 
@@ -28,39 +28,43 @@ def incident_dict(row: Incident) -> dict:
 
 def history(session: Session, *, tags: list[str] | None = None, all_incidents: bool = False,
             since: datetime | None = None, page: str | None = None, limit: int | None = None) -> list[dict]:
-    """Incidents newest first; by default only the upload-related ones."""
-    q = select(Incident).join(Incident.page).options(
-        selectinload(Incident.tags), selectinload(Incident.components))
-    wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
-    if wanted:
-        q = q.where(Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(wanted))))
-    if since:
-        q = q.where(Incident.started_at >= since)
-    if page:
-        q = q.where(Page.name == page)
-    q = q.order_by(Incident.started_at.desc().nulls_last(), Incident.id.desc())
-    if limit:
-        q = q.limit(limit)
-    rows = session.scalars(q).all()
-    sent = _sent_counts(session, [r.id for r in rows])
-    out = []
-    for r in rows:
-        d = incident_dict(r)
-        d["messages_sent"] = sent.get(r.id, 0)
-        out.append(d)
-    return out
-
-
-def _sent_counts(session: Session, ids: list[int]) -> dict[int, int]:
+    """Incidents newest first; by default only the upload-related ones. Plain Core queries: this lists
+    tens of thousands of rows, which the ORM would turn into objects for nothing."""
     from sqlalchemy import func
 
-    counts: dict[int, int] = {}
-    for i in range(0, len(ids), 500):
-        q = (select(Outbox.incident_id, func.count()).where(Outbox.incident_id.in_(ids[i:i + 500]),
-                                                             Outbox.state == "sent")
-             .group_by(Outbox.incident_id))
-        counts.update(dict(session.execute(q).all()))
-    return counts
+    where = []
+    wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
+    if wanted:
+        where.append(Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(wanted))))
+    if since:
+        where.append(Incident.started_at >= since)
+    if page:
+        where.append(Page.name == page)
+    q = (select(Incident.id, Page.name, Incident.page_incident_id, Incident.title, Incident.url, Incident.status,
+                Incident.impact, Incident.started_at, Incident.resolved_at)
+         .join(Page, Page.id == Incident.page_id).where(*where)
+         .order_by(Incident.started_at.desc().nulls_last(), Incident.id.desc()))
+    rows = session.execute(q.limit(limit) if limit else q).all()
+    # the related rows of exactly these incidents: by id when limited, else by the same filter
+    chosen = [r[0] for r in rows] if limit else (
+        select(Incident.id).join(Page, Page.id == Incident.page_id).where(*where))
+    tag_map: dict[int, list[str]] = {}
+    for iid, tag in session.execute(select(Tag.incident_id, Tag.tag).where(Tag.incident_id.in_(chosen))
+                                    .order_by(Tag.incident_id, Tag.tag)):
+        tag_map.setdefault(iid, []).append(tag)
+    comp_map: dict[int, list[str]] = {}
+    for iid, name in session.execute(
+            select(IncidentComponent.incident_id, IncidentComponent.name)
+            .where(IncidentComponent.incident_id.in_(chosen)).order_by(IncidentComponent.id)):
+        if name:
+            comp_map.setdefault(iid, []).append(name)
+    sent = dict(session.execute(select(Outbox.incident_id, func.count())
+                                .where(Outbox.incident_id.in_(chosen), Outbox.state == "sent")
+                                .group_by(Outbox.incident_id)).all())
+    return [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
+             "tags": tag_map.get(iid, []), "started_at": _iso(started), "resolved_at": _iso(resolved),
+             "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0)}
+            for iid, pname, pid, title, url, status, impact, started, resolved in rows]
 
 
 def find_incident(session: Session, incident_id: str, page: str | None = None) -> Incident | None:
