@@ -161,6 +161,11 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
         page_id, kind, first_poll = page.id, (ps.kind if ps.kind != "auto" else page.kind), page.first_poll_at is None
         not_before = page.not_before
         states = {k: _detached(v) for k, v in store.source_states(s, page_id).items()}
+        # stored incidents still missing their timeline (incident.io), fetched a few per poll
+        catch_up = list(s.scalars(
+            select(Incident.page_incident_id)
+            .where(Incident.page_id == page_id, Incident.timeline_complete.is_(False))
+            .order_by(Incident.started_at.desc()).limit(CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)))
     if not_before and not_before > now:
         res.skipped = f"the page asked us to wait until {not_before:%H:%M:%S} UTC"
         return res
@@ -177,7 +182,7 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
         # timelines in the time left; what the list sources said is kept when they do not all arrive
         try:
             async with asyncio.timeout_at(end):
-                await _fetch_details(p, page_id, _group(fetched[1]), now, out=details)
+                await _fetch_details(p, page_id, _group(fetched[1]), now, catch_up=catch_up, out=details)
         except TimeoutError:
             res.errors.append("incident timelines: " + p.late())
     if not fetched or not res.sources_ok:
@@ -303,15 +308,17 @@ def _group(parsed: dict[str, SourceResult]) -> dict[str, list[IncidentRec]]:
 
 
 async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentRec]], now: datetime,
-                         *, limit: int = MAX_DETAILS_PER_POLL, catch_up: int = CATCH_UP_PER_POLL,
+                         *, limit: int = MAX_DETAILS_PER_POLL, catch_up: list[str] = (),
                          out: list[IncidentRec] | None = None) -> list[IncidentRec]:
     """incident.io: the full timeline of each incident that is new or changed (the feed and the API only
-    carry the latest update, or no text), plus a few stored ones still missing their timeline. Each timeline
-    is also appended to `out` as it arrives, so a caller that gives up waiting keeps those it got."""
+    carry the latest update, or no text), plus a few of `catch_up` (stored ones still missing their
+    timeline). Each timeline is also appended to `out` as it arrives, so a caller that gives up waiting
+    keeps those it got. An unchanged poll opens no transaction here."""
     out = [] if out is None else out
-    with transaction(p.engine) as s:
-        rows = store.load_incidents(s, page_id, by_id)
-        wanted = []
+    wanted = []
+    if by_id:
+        with transaction(p.engine) as s:
+            rows = store.load_incidents(s, page_id, by_id)
         for iid, recs in by_id.items():
             row = rows.get(iid)
             prev = store.to_state(row) if row is not None else None
@@ -319,12 +326,7 @@ async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentR
             if prev is None or ch.new_updates or ch.state.status != prev.status or not prev.full_timeline:
                 wanted.append(iid)
         wanted = wanted[:limit]
-        if catch_up:
-            q = (select(Incident.page_incident_id)
-                 .where(Incident.page_id == page_id, Incident.timeline_complete.is_(False),
-                        Incident.page_incident_id.not_in(wanted))
-                 .order_by(Incident.started_at.desc()).limit(catch_up))
-            wanted += list(s.scalars(q))
+    wanted += [iid for iid in catch_up if iid not in wanted][:CATCH_UP_PER_POLL]
     sem = asyncio.Semaphore(DETAIL_CONCURRENCY)
 
     async def one(iid: str) -> None:
@@ -349,6 +351,10 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
     by_id = _group(parsed)
     for rec in details:
         by_id[rec.page_incident_id].append(rec)
+    if not by_id and not new_states and comps is None and not first_poll:
+        _record_success(p, page_id, now)   # nothing learnt: one UPDATE of the page's health
+        res.unchanged = True
+        return
     with transaction(p.engine) as s:
         page = s.get(Page, page_id)
         if comps is not None:
@@ -373,6 +379,15 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
         page.not_before = p.retry_after
         page.last_outcome = _outcome(res)
     res.unchanged = not changes
+
+
+def _record_success(p: _Poll, page_id: int, now: datetime) -> None:
+    from sqlalchemy import update
+
+    with transaction(p.engine) as s:
+        s.execute(update(Page).where(Page.id == page_id).values(
+            last_poll_at=now, last_success_at=now, consecutive_failures=0, not_before=p.retry_after,
+            last_outcome=_outcome(p.result)))
 
 
 def _outcome(res: PageResult) -> str:
@@ -439,7 +454,7 @@ async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules
             p.result.errors.append(f"{path}: {exc}")
     got: list[IncidentRec] = []
     if details:
-        got = await _fetch_details(p, page_id, _group(parsed), now, limit=10_000, catch_up=0)
+        got = await _fetch_details(p, page_id, _group(parsed), now, limit=10_000, catch_up=())
     p.result.ok = bool(p.result.sources_ok)
     if p.result.ok:
         _apply(p, page_id, parsed, got, {}, None, False, now, silent=True)
