@@ -51,7 +51,8 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """One explicit transaction: committed on success, rolled back on any error."""
-    with sessions(engine).begin() as session:
+    # a Session, not sessionmaker(...).begin(): sessionmaker() builds a new Session subclass on every call
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
 
 

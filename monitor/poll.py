@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import store
@@ -156,16 +156,13 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
     settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
     res = p.result
     now = now_utc()
-    with transaction(engine) as s:
-        page = store.get_page(s, ps.name, ps.base_url)
-        page_id, kind, first_poll = page.id, (ps.kind if ps.kind != "auto" else page.kind), page.first_poll_at is None
-        not_before = page.not_before
-        states = {k: _detached(v) for k, v in store.source_states(s, page_id).items()}
-        # stored incidents still missing their timeline (incident.io), fetched a few per poll
-        catch_up = list(s.scalars(
-            select(Incident.page_incident_id)
-            .where(Incident.page_id == page_id, Incident.timeline_complete.is_(False))
-            .order_by(Incident.started_at.desc()).limit(CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)))
+    known = _known_page(engine, ps)
+    if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
+        with transaction(engine) as s:
+            store.get_page(s, ps.name, ps.base_url)
+        known = _known_page(engine, ps)
+    page_id, stored_kind, first_poll, not_before, states, catch_up = known
+    kind = ps.kind if ps.kind != "auto" else stored_kind
     if not_before and not_before > now:
         res.skipped = f"the page asked us to wait until {not_before:%H:%M:%S} UTC"
         return res
@@ -202,9 +199,41 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
     return res
 
 
-def _detached(s: SourceState) -> SourceState:
-    return SourceState(path=s.path, etag=s.etag, last_modified=s.last_modified, body_hash=s.body_hash,
-                       fetched_at=s.fetched_at)
+# What every poll reads and writes first, built once (statement construction and cache-key generation per call
+# cost more than the SQL itself on an unchanged poll)
+_KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, SourceState.path,
+                 SourceState.etag, SourceState.last_modified, SourceState.body_hash, SourceState.fetched_at)
+          .outerjoin(SourceState, SourceState.page_id == Page.id).where(Page.name == bindparam("name")))
+# stored incidents still missing their timeline (incident.io), fetched a few per poll
+_CATCH_UP = (select(Incident.page_incident_id)
+             .where(Incident.page_id == bindparam("pid"), Incident.timeline_complete.is_(False))
+             .order_by(Incident.started_at.desc()).limit(CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL))
+_HEALTHY = (update(Page).where(Page.id == bindparam("pid")).values(
+    last_poll_at=bindparam("now"), last_success_at=bindparam("now"), consecutive_failures=0,
+    not_before=bindparam("nb"), last_outcome=bindparam("outcome")))
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """A source's stored validators, as read before a poll."""
+    path: str
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    fetched_at: datetime | None
+
+
+def _known_page(engine, ps: PageSettings):
+    """The page's row, its sources' validators and the incidents still missing a timeline, in one short
+    read with Core (no ORM session). None when the row is missing or its base_url changed."""
+    with engine.begin() as conn:
+        rows = conn.execute(_KNOWN, {"name": ps.name}).all()
+        if not rows or rows[0].base_url != ps.base_url:
+            return None
+        r0 = rows[0]
+        catch_up = list(conn.execute(_CATCH_UP, {"pid": r0.id}).scalars())
+    states = {r.path: _State(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at) for r in rows if r.path}
+    return r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up
 
 
 async def _fetch_sources(p: _Poll, kind, states, now, end: float):
@@ -382,12 +411,8 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
 
 
 def _record_success(p: _Poll, page_id: int, now: datetime) -> None:
-    from sqlalchemy import update
-
-    with transaction(p.engine) as s:
-        s.execute(update(Page).where(Page.id == page_id).values(
-            last_poll_at=now, last_success_at=now, consecutive_failures=0, not_before=p.retry_after,
-            last_outcome=_outcome(p.result)))
+    with p.engine.begin() as conn:
+        conn.execute(_HEALTHY, {"pid": page_id, "now": now, "nb": p.retry_after, "outcome": _outcome(p.result)})
 
 
 def _outcome(res: PageResult) -> str:

@@ -123,6 +123,7 @@ async def fetch(http: httpx.AsyncClient, url: str, *, etag: str | None = None,
 
 async def _read(r: httpx.Response, url: str, etag: str | None, last_modified: str | None, max_bytes: int) -> Fetched:
     if r.status_code == 304:
+        await r.aread()  # no body; reading it ends the message, so the connection goes back to the pool
         return Fetched(304, b"", "", etag, last_modified)
     if r.status_code == 429 or r.status_code == 503:
         now = datetime.now(timezone.utc)
