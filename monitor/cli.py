@@ -2,7 +2,6 @@
 function and prints a table or, with --json, JSON. Expected failures are one line, never a traceback."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys

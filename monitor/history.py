@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from monitor.models import Delivery, Incident, IncidentComponent, Outbox, Page, Tag
+from monitor.models import Incident, IncidentComponent, Outbox, Page, Tag
 from monitor.tags import UPLOAD_TAGS
 
 
@@ -107,8 +107,6 @@ def outbox(session: Session, *, include_sent: bool = False, limit: int = 200) ->
 def pages(session: Session) -> list[Page]:
     return list(session.scalars(select(Page).order_by(Page.name)))
 
-
-__all__ = ["history", "find_incident", "incident_detail", "outbox", "pages", "Delivery"]
 
 
 def status_inputs(session: Session, settings) -> tuple[list[dict], list]:
