@@ -292,10 +292,6 @@ def run(c: Ctx):
 STATUS_WORDS = {"wait": "WAIT", "troubleshoot-locally": "TROUBLESHOOT LOCALLY", "unknown": "UNKNOWN"}
 
 
-def _iso_z(t: datetime | None) -> str | None:
-    return t.isoformat().replace("+00:00", "Z") if t else None
-
-
 def _status_failure(message: str, as_json: bool) -> None:
     """Any error of `status` is UNKNOWN (exit 3), never an exit code a monitoring system reads as a verdict."""
     if as_json:
@@ -324,6 +320,7 @@ def status(c: Ctx, as_json):
     from monitor import history as h
     from monitor.config import ConfigError
     from monitor.db import StoreError, safe_error
+    from monitor.records import iso_z
     from monitor.verdict import CHECKLIST, age_words, decide
 
     polled = []
@@ -354,11 +351,11 @@ def status(c: Ctx, as_json):
     v = decide(incidents, health, now)
     skipped = {r.page: r.skipped for r in polled if r.skipped}
     goods = [p.last_success_at for p in health if p.last_success_at]
-    checked_iso = _iso_z(min(goods)) if goods else None   # the oldest data the answer rests on
+    checked_iso = iso_z(min(goods)) if goods else None   # the oldest data the answer rests on
     if as_json:
         emit_json({"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
                    "incidents": list(v.incidents), "checked_at": checked_iso,
-                   "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": _iso_z(p.last_success_at),
+                   "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
                               "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
                               "polled_now": any(r.page == p.name for r in polled),
                               "skipped": skipped.get(p.name)}

@@ -8,11 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from monitor.models import Incident, IncidentComponent, Outbox, Page, Tag
+from monitor.records import iso_z as _iso
 from monitor.tags import UPLOAD_TAGS
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat().replace("+00:00", "Z") if t else None
 
 
 def incident_dict(row: Incident) -> dict:

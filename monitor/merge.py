@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from monitor.records import OPEN_STATUSES, ComponentRec, IncidentRec, UpdateRec
-from monitor.sources.common import text_key
+from monitor.sources.common import norm_impact, text_key
 
 IMPACT_RANK = {"none": 0, "minor": 1, "major": 2, "critical": 3}
 SOURCE_PRIORITY = {"proxy": 0, "api": 1, "feed": 2}  # which source's scalar fields win when they disagree
@@ -158,9 +158,7 @@ def _merge_components(base: tuple[ComponentRec, ...], incoming: list[ComponentRe
 
 
 def _impact_rank(component_impact: str | None) -> int:
-    from monitor.sources.common import norm_impact
-
-    return IMPACT_RANK.get(norm_impact(component_impact) or "none", 0)
+    return IMPACT_RANK[_impact_name(component_impact)]
 
 
 def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime,
@@ -204,8 +202,6 @@ def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime
 
 
 def _impact_name(component_impact: str | None) -> str:
-    from monitor.sources.common import norm_impact
-
     return norm_impact(component_impact) or "none"
 
 

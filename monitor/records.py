@@ -8,6 +8,11 @@ STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem
 OPEN_STATUSES = ("investigating", "identified", "monitoring")
 
 
+def iso_z(t: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, as every JSON output and message payload writes times."""
+    return t.isoformat().replace("+00:00", "Z") if t else None
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateRec:
     status: str | None            # one of STATUSES, or None when the source does not say

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from monitor.merge import Change, IncidentState
 from monitor.models import Component, Incident, IncidentComponent, Outbox, Page, SourceState, Tag, Update
-from monitor.records import ComponentRec, UpdateRec
+from monitor.records import ComponentRec, UpdateRec, iso_z as _iso
 from monitor.sources.common import text_key
 from monitor.tags import UPLOAD_TAGS, Rule, TagMatch, tag_incident
 
@@ -196,10 +196,6 @@ def payload(state: IncidentState, event: str, tags: set[str], page_name: str) ->
                    "body": text_update.body if text_update else "",
                    "published_at": _iso(last.published_at) if last else None},
     }
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat().replace("+00:00", "Z") if t else None
 
 
 def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
