@@ -289,19 +289,6 @@ def run(c: Ctx):
         sys.exit(130)
 
 
-STATUS_WORDS = {"wait": "WAIT", "troubleshoot-locally": "TROUBLESHOOT LOCALLY", "unknown": "UNKNOWN"}
-
-
-def _status_failure(message: str, as_json: bool) -> None:
-    """Any error of `status` is UNKNOWN (exit 3), never an exit code a monitoring system reads as a verdict."""
-    if as_json:
-        emit_json({"verdict": "unknown", "exit_code": 3, "reason": message, "incidents": [], "checked_at": None,
-                   "pages": [], "checklist": []})
-    else:
-        click.echo(f"UNKNOWN: {message}")
-    sys.exit(3)
-
-
 @cli.command()
 @json_option
 @pass_ctx
@@ -312,84 +299,21 @@ def status(c: Ctx, as_json):
     Exit codes (monitoring plugins): 0 = no upload-related incident open (troubleshoot locally), 1 = one is
     open with minor or no impact, 2 = one is open with major or critical impact, 3 = unknown (no fresh data:
     the page cannot be reached, or the store cannot be read)."""
-    import asyncio
+    from monitor import status as st
 
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from monitor import db
-    from monitor import history as h
-    from monitor.config import ConfigError
-    from monitor.db import StoreError, safe_error
-    from monitor.records import iso_z
-    from monitor.verdict import CHECKLIST, age_words, decide
-
-    polled = []
     try:
-        settings = c.settings
-        reader = c.engine(readonly=True)
-        with db.transaction(reader) as s:
-            incidents, health = h.status_inputs(s, settings)
-        stale = [p.name for p in health if not p.fresh(datetime.now(timezone.utc))]
-        if stale:  # answer from fresh data only: poll the stale pages once first
-            from monitor.poll import poll_all
-
-            writer = db.make_engine(settings.database_url())
-            try:
-                polled = asyncio.run(poll_all(settings, writer, c.rules(), pages=stale))
-            finally:
-                writer.dispose()
-            with db.transaction(reader) as s:
-                incidents, health = h.status_inputs(s, settings)
-        reader.dispose()
-    except (ConfigError, StoreError) as exc:
-        _status_failure(str(exc), as_json)
-    except SQLAlchemyError as exc:
-        _status_failure(f"database: {safe_error(exc)}", as_json)
-    except OSError as exc:
-        _status_failure(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), as_json)
-    now = datetime.now(timezone.utc)
-    v = decide(incidents, health, now)
-    skipped = {r.page: r.skipped for r in polled if r.skipped}
-    goods = [p.last_success_at for p in health if p.last_success_at]
-    checked_iso = iso_z(min(goods)) if goods else None   # the oldest data the answer rests on
-    if as_json:
-        emit_json({"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
-                   "incidents": list(v.incidents), "checked_at": checked_iso,
-                   "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
-                              "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
-                              "polled_now": any(r.page == p.name for r in polled),
-                              "skipped": skipped.get(p.name)}
-                             for p in health],
-                   "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []})
-        sys.exit(v.exit_code)
-    lines = [f"{STATUS_WORDS[v.verdict]}: {v.reason}"]
-    for i in v.incidents:
-        lines.append(f"  - {i['title']}")
-        lines.append(f"    {i['status']}, impact {i['impact']}, since {short(i['started_at'])} UTC"
-                     + (f" (page {i['page']}, no fresh data)" if i["page"] in v.stale else ""))
-        if i["url"]:
-            lines.append(f"    {i['url']}")
-    for p in health:
-        if p.last_success_at:
-            age = age_words((now - p.last_success_at).total_seconds())
-            when = f"last good poll {p.last_success_at:%Y-%m-%d %H:%M:%S} UTC ({age} ago)"
+        report = st.gather(lambda: c.settings, c.engine, c.rules)
+    except st.StatusFailure as exc:  # never an exit code a monitoring system reads as a verdict
+        if as_json:
+            emit_json(st.failure_json(str(exc)))
         else:
-            when = "never polled successfully"
-        state = "fresh" if p.fresh(now) else "STALE"
-        line = f"Source {p.name}: {state}, {when}"
-        if p.consecutive_failures:
-            n = p.consecutive_failures
-            line += f"; FAILING: {n} poll{'s' * (n != 1)} in a row failed, last: {p.last_outcome or '?'}"
-        elif p.last_outcome:
-            line += f"; last poll: {p.last_outcome}"
-        if p.name in skipped:
-            line += f"; not polled now: {skipped[p.name]}"
-        lines.append(line)
-    if v.verdict == "troubleshoot-locally":
-        lines.append("Local checklist:")
-        lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
-    click.echo("\n".join(lines))
-    sys.exit(v.exit_code)
+            click.echo(f"UNKNOWN: {exc}")
+        sys.exit(3)
+    if as_json:
+        emit_json(st.to_json(report))
+    else:
+        click.echo(st.to_text(report))
+    sys.exit(report.verdict.exit_code)
 
 
 @cli.command()
