@@ -325,9 +325,10 @@ def diagnose(c: Ctx, files, error_text, as_json):
     """The verdict of `monitor status`, then each FILE against ChatGPT's upload limits and the error message
     against the wordings users report: likely cause and what to do.
 
-    Exit codes: 0 = no upload-related incident open (the findings are the answer), 1/2 = one is open with
-    minor/major impact (wait, whatever the files or error say), 3 = unknown (no fresh data), and 2 also
-    when a FILE is missing or unreadable (one line on stderr naming it, nothing checked)."""
+    Exit codes as `monitor status`: 0 = no upload-related incident open (the findings are the answer),
+    1 = one is open with minor or no impact, 2 = major or critical (wait, whatever the files or error say),
+    3 = unknown (no fresh data); and 2 also when a FILE is missing or unreadable (one line on stderr naming
+    it, nothing checked, nothing on stdout)."""
     from monitor import diagnose as dg
     from monitor import status as st
 
