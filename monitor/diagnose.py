@@ -135,7 +135,8 @@ def kind_of(path: str, head: bytes, rules: Rules) -> str:
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" or head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1"):
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    if webp or head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1"):
         return "image"
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext in rules.kinds:

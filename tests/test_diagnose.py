@@ -113,6 +113,22 @@ def test_image_recognised_by_its_png_header_whatever_its_name(tmp_path):
     assert f.advice == ["Compress the image (save it as JPEG or WebP) or reduce its resolution."]
 
 
+@pytest.mark.parametrize(("name", "head", "kind"), [
+    ("photo", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "image"),
+    ("anim", b"GIF89a\x01\x00\x01\x00", "image"),
+    ("pic", b"RIFF\x24\x00\x00\x00WEBPVP8 ", "image"),
+    ("iphone", b"\x00\x00\x00\x18ftypheic\x00\x00", "image"),
+    ("scan", b"II*\x00\x08\x00\x00\x00", "image"),
+    ("report.docx", b"PK\x03\x04\x14\x00", "document"),
+    ("budget.xlsx", b"PK\x03\x04\x14\x00", "spreadsheet"),
+    ("archive.zip", b"PK\x03\x04\x14\x00", "other"),
+    ("table.TSV", b"a\tb\n", "spreadsheet"),
+    ("main.py", b"print(1)\n", "text"),
+])
+def test_kind_by_first_bytes_then_extension(tmp_path, name, head, kind):
+    assert dg.check_file(sparse(tmp_path / name, 1000, head), RULES).kind == kind
+
+
 def test_any_file_over_512_mb_is_checked_without_reading_it(tmp_path):
     path = sparse(tmp_path / "dump.bin", 600 * MiB, b"\x00\x01\x02")
     tracemalloc.start()
