@@ -314,3 +314,13 @@ def test_more_than_80_files_notes_the_cap(tmp_path, sp):
     assert len(data["files"]) == 81 and all(f["ok"] for f in data["files"])
     assert data["notes"] == ["81 files: ChatGPT takes up to 80 files every 3 hours; upload the rest later or "
                              "combine small files."]
+
+
+def test_verdict_that_cannot_be_computed_is_unknown_exit_3_with_the_findings(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("pages = [\n")
+    r = diagnose(cfg, "--error", "Error 429", "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == 3 == data["exit_code"] and data["verdict"] == "unknown"
+    assert data["reason"].startswith(f"{cfg}: not valid TOML")
+    assert data["error"]["matched"] == "rate-limited"
