@@ -317,6 +317,31 @@ def status(c: Ctx, as_json):
 
 
 @cli.command()
+@click.argument("files", nargs=-1, metavar="[FILE ...]")
+@click.option("--error", "error_text", metavar="TEXT", help="The error message ChatGPT showed.")
+@json_option
+@pass_ctx
+def diagnose(c: Ctx, files, error_text, as_json):
+    """The verdict of `monitor status`, then each FILE against ChatGPT's upload limits and the error message
+    against the wordings users report: likely cause and what to do.
+
+    Exit codes as `monitor status`: 0 = no upload-related incident open (the findings are the answer),
+    1 = one is open with minor or no impact, 2 = major or critical (wait, whatever the files or error say),
+    3 = unknown (no fresh data); and 2 also when a FILE is missing or unreadable (one line on stderr naming
+    it, nothing checked, nothing on stdout)."""
+    from monitor import diagnose as dg
+    from monitor import status as st
+
+    try:
+        d = dg.diagnose(files, error_text, lambda: st.gather(lambda: c.settings, c.engine, c.rules))
+    except dg.FileError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    emit_json(dg.to_json(d)) if as_json else click.echo(dg.to_text(d))
+    sys.exit(d.exit_code)
+
+
+@cli.command()
 @click.option("--all", "include_sent", is_flag=True, help="Include messages already sent.")
 @click.option("--limit", type=click.IntRange(1), default=200, show_default=True)
 @json_option

@@ -98,8 +98,9 @@ def to_json(r: Report) -> dict:
             "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
 
 
-def to_text(r: Report) -> str:
-    """The `monitor status` text: the verdict line, open incidents, each page's freshness, the checklist."""
+def to_text(r: Report, checklist: bool = True) -> str:
+    """The `monitor status` text: the verdict line, open incidents, each page's freshness, the checklist
+    (`checklist=False`: without it, for a reader with more specific advice)."""
     from monitor.verdict import CHECKLIST, age_words
 
     v, now = r.verdict, r.now
@@ -127,7 +128,7 @@ def to_text(r: Report) -> str:
         if p.name in skipped:
             line += f"; not polled now: {skipped[p.name]}"
         lines.append(line)
-    if v.verdict == "troubleshoot-locally":
+    if checklist and v.verdict == "troubleshoot-locally":
         lines.append("Local checklist:")
         lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
     return "\n".join(lines)
