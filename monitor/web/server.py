@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 import h11
 
@@ -48,8 +49,8 @@ class WebServer:
         try:
             self.server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
         except OSError as exc:
-            raise ConfigError(f"{self.settings.source}: http.listen: cannot listen on {host}:{port}: "
-                              f"{exc.strerror or exc}") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)   # asyncio's own wording repeats the address
+            raise ConfigError(f"{self.settings.source}: http.listen: cannot listen on {host}:{port}: {why}") from None
         log.info("serving the page, /metrics, /status.json and /healthz on http://%s",
                  ", http://".join(_addr(s.getsockname()) for s in self.server.sockets))
 
@@ -136,20 +137,21 @@ class WebServer:
         if req.method not in (b"GET", b"HEAD"):
             return 405, [("content-type", text), ("allow", "GET, HEAD")], b"read-only: only GET and HEAD\n"
         try:
-            return await asyncio.to_thread(self._render, path)
+            accept = b", ".join(v for k, v in req.headers if k == b"accept").decode("latin-1")
+            return await asyncio.to_thread(self._render, path, accept)
         except Exception as exc:   # the store could not be read: say so, keep serving
             from monitor.db import safe_error
 
             log.warning("cannot answer %s: %s: %s", path, type(exc).__name__, safe_error(exc))
             return 500, [("content-type", text)], f"cannot read the store: {safe_error(exc)}\n".encode()
 
-    def _render(self, path: str) -> tuple[int, list, bytes]:
+    def _render(self, path: str, accept: str = "") -> tuple[int, list, bytes]:
         """Blocking: runs in a worker thread."""
-        if path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        if path == "/metrics":   # the text format, or OpenMetrics when the scraper asks for it
+            from prometheus_client.exposition import choose_encoder
 
-            return 200, [("content-type", CONTENT_TYPE_LATEST), ("cache-control", "no-store")], \
-                generate_latest(self.registry)
+            encode, content_type = choose_encoder(accept)
+            return 200, [("content-type", content_type), ("cache-control", "no-store")], encode(self.registry)
         if path == "/":
             from monitor.web.page import render_from_store
 
