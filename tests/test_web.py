@@ -148,6 +148,16 @@ def answers(port: int, path: str = "/healthz") -> int | None:
         return None
 
 
+def raw(port: int, data: bytes) -> bytes:
+    """Send `data` as is and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
 def metrics(port: int) -> dict[str, list]:
     status, headers, body = request(port, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -286,6 +296,12 @@ def test_healthz_503_and_page_stale_when_data_is_old(tmp_path, service):
     dom = Dom(page.decode())
     assert "UNKNOWN" in dom.all_text() and "STALE" in dom.all_text()
     assert "badge-stale" in dom.classes() and "badge-fresh" not in dom.classes()   # never shown as fresh
+    # HTTP as clients really send it, and as they should not
+    two = raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert two.count(b"HTTP/1.1 503 ") == 1 and two.count(b"HTTP/1.1 200 ") == 1 and b"<html" not in two
+    assert raw(port, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+    assert raw(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431 ")
     fam = metrics(port)
     assert value(fam, "monitor_verdict") == 3 and value(fam, "monitor_page_fresh", page="openai") == 0
     assert value(fam, "monitor_poll_failures_total", page="openai") >= 1

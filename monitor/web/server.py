@@ -3,7 +3,7 @@
 HTTP/1.1 is parsed by h11 (a small, strict, well-kept parser the HTTP client already depends on), so this
 module only routes: GET and HEAD of `/`, `/metrics`, `/status.json` and `/healthz`; any other method is 405,
 any other path 404. Every answer reads the store in a worker thread (asyncio.to_thread), so a slow disk
-never holds up a poll. Nothing is ever written through HTTP. Limits: request heads up to 16 KiB, no
+never holds up a poll. Nothing is ever written through HTTP. Limits: request heads of about 16 KiB (431 beyond), no
 request body is read, 10 s to send a request, at most MAX_CONNECTIONS at once."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import h11
 log = logging.getLogger("monitor.web")
 
 MAX_CONNECTIONS = 32
+MAX_HEAD = 16384      # bytes of a request head (read 4 KiB at a time: longer heads are refused with 431)
 READ_TIMEOUT = 10.0
 ROUTES = ("/", "/metrics", "/status.json", "/healthz")
 # the page has no script, no image and nothing from elsewhere: say so, so a browser enforces it
@@ -74,7 +75,7 @@ class WebServer:
             writer.close()
             return
         self.connections.add(task)
-        conn = h11.Connection(h11.SERVER)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
             while True:
                 event = await self._next_event(conn, reader)
@@ -108,11 +109,23 @@ class WebServer:
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     break
                 conn.start_next_cycle()
+            if conn.their_state in (h11.SEND_BODY, h11.ERROR) and not reader.at_eof():
+                await self._linger(reader, writer)
         except (ConnectionError, asyncio.CancelledError, TimeoutError):
             pass
         finally:
             self.connections.discard(task)
             writer.close()
+
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Closing with unread request bytes makes the kernel reset the connection, which can destroy the
+        answer before the client reads it: say we are done, and drain what the client still sends (1 s)."""
+        writer.write_eof()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.0
+        while loop.time() < end and await asyncio.wait_for(reader.read(65536), max(0.0, end - loop.time())):
+            pass
 
     async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader):
         """The next request, ConnectionClosed, or a RemoteProtocolError (answered 400); None on timeout."""
@@ -124,7 +137,7 @@ class WebServer:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
+                data = await asyncio.wait_for(reader.read(4096), READ_TIMEOUT)
             except TimeoutError:
                 return None
             conn.receive_data(data)
