@@ -349,3 +349,72 @@ def test_bad_listen_is_one_line(tmp_path, listen, reason):
     with pytest.raises(ConfigError) as err:
         load(cfg)
     assert str(err.value) == f"{cfg}: http.listen: {reason}"
+
+
+def test_probe_failures_are_drawn_on_the_incidents_time_axis(tmp_path, replay):
+    """Where the store holds probe results, failed probes are marks on the same time axis as the page's
+    incidents (here the day before the 2024-08-19 incident started), and /metrics counts them.
+    The probe's table is made by hand here, in the shape `monitor.web.page.probe_failures` reads."""
+    import sqlite3
+
+    from monitor import db as store
+    from monitor.config import load as load_config
+    from monitor.web.metrics import PollCounts, registry
+    from prometheus_client import generate_latest
+
+    cfg = config(tmp_path, replay.base_url)
+    run(cfg, "poll")
+    con = sqlite3.connect(tmp_path / "m.db")
+    with con:
+        con.execute("create table probe_results (id integer primary key, at datetime not null, ok boolean not null,"
+                    " outcome varchar(40) not null)")
+        con.executemany("insert into probe_results (at, ok, outcome) values (?, ?, ?)", [
+            ("2024-05-01 10:00:00.000000", 0, "openai-5xx"),           # before --since: not drawn
+            ("2024-08-18 18:21:00.000000", 0, "openai-5xx"),
+            ("2024-08-18 18:26:00.000000", 0, "openai-<b>429</b>"),
+            ("2024-08-19 18:31:00.000000", 1, "ok")])
+    con.close()
+    report = tmp_path / "report.html"
+    run(cfg, "report", "--out", str(report), "--since", "2024-06-01")
+    dom = Dom(report.read_text())
+    probes = [a for t, a, in_chart in dom.elements if in_chart and t == "line" and a.get("class") == "probe"]
+    assert len(probes) == 2
+    assert "probe failed 2024-08-18 18:21 UTC: openai-5xx" in dom.all_text()
+    assert "probe failed 2024-08-18 18:26 UTC: openai-<b>429</b>" in dom.all_text()      # text, not markup
+    shapes = [(t, a) for t, a, in_chart in dom.elements if in_chart]
+    i = next(n for n, (t, a) in enumerate(shapes) if t == "g" and MAJOR_TITLE in a.get("aria-label", ""))
+    square = next(a for t, a in shapes[i:] if t == "rect")
+    incident_x = float(square["x"]) + 5                              # the major incident's square
+    assert all(float(p["x1"]) < incident_x for p in probes)           # the probe knew first: drawn left of it
+
+    settings = load_config(cfg)
+    engine = store.make_engine(settings.database_url(), readonly=True)
+    try:
+        text = generate_latest(registry(settings, engine, PollCounts())).decode()
+    finally:
+        engine.dispose()
+    fam = {f.name: f for f in text_string_to_metric_families(text)}
+    assert value(fam, "monitor_probe_results_total", outcome="openai-5xx") == 2
+    assert value(fam, "monitor_probe_results_total", outcome="ok") == 1
+
+
+def test_chart_scales():
+    """The chart's arithmetic, with values worked out by hand: x is linear in time from the first month to
+    now, y is log-scaled duration from 1 min (bottom, y=190) to 30 days (top, y=14), clamped at both ends;
+    one bar per month, as tall as its share of the busiest month."""
+    from monitor.web.page import chart
+
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    now = datetime(2024, 3, 1, tzinfo=UTC)                    # 60 days: 1 day = (708 - 56) / 60 = 10.87 units
+
+    def inc(day: int, seconds, impact="minor", is_open=False):
+        return {"started": start.replace(day=day), "seconds": seconds, "duration_words": "", "impact": impact,
+                "open": is_open, "link": None, "started_words": "", "title": "t"}
+
+    c = chart([inc(1, 60), inc(11, 60 * 60 * 24 * 30), inc(11, 5), inc(31, 10 ** 9, "critical", True),
+               inc(21, 60 * 43200 ** 0.5)], [], now, None)   # sqrt(43200) minutes: halfway up the log axis
+    got = [(m["x"], m["y"], m["shape"], m["open"]) for m in c["marks"]]
+    assert got == [(56.0, 190.0, "circle", False), (164.7, 14.0, "circle", False), (164.7, 190.0, "circle", False),
+                   (273.3, 102.0, "circle", False), (382.0, 14.0, "diamond", True)]
+    assert [(m["n"], m["h"]) for m in c["months"]] == [(5, 42.0), (0, 0.0)]
+    assert [t["text"] for t in c["ticks"]] == ["Jan 2024", "Feb"]

@@ -118,14 +118,14 @@ def probe_outcomes(session) -> dict[str, int] | None:
     """Stored probes per outcome; None while the store has no probe table (then no monitor_probe_* metric).
 
     INTEGRATOR (issue 15, the probe): like `monitor.web.page.probe_failures`, point this at the probe's table."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import func, select
 
-    from monitor.web.page import PROBE_TABLE
+    from monitor.web.page import probe_table
 
-    if not inspect(session.connection()).has_table(PROBE_TABLE):
+    table = probe_table(session)
+    if table is None:
         return None
-    return {str(o): n for o, n in session.execute(text(f"SELECT outcome, count(*) FROM {PROBE_TABLE} "
-                                                       "GROUP BY outcome"))}
+    return {str(o): n for o, n in session.execute(select(table.c.outcome, func.count()).group_by(table.c.outcome))}
 
 
 def registry(settings, engine, counts: PollCounts):

@@ -38,15 +38,26 @@ def probe_failures(session, since: datetime | None) -> list[ProbeFailure]:
     INTEGRATOR (issue 15, the probe): this is the only place the page reads probe results. Point the query
     at the probe's table and columns (assumed here: `probe_results` with `at`, `ok`, `outcome`); the chart
     draws what it returns on the incidents' time axis and `monitor.web.metrics` counts outcomes the same way."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import select
 
-    if not inspect(session.connection()).has_table(PROBE_TABLE):
+    table = probe_table(session)
+    if table is None:
         return []
-    rows = session.execute(text(f"SELECT at, outcome FROM {PROBE_TABLE} WHERE ok = :no"
-                                + (" AND at >= :since" if since else "") + " ORDER BY at"),
-                           {"no": False, "since": since.replace(tzinfo=None) if since else None})
+    q = select(table.c.at, table.c.outcome).where(table.c.ok.is_(False)).order_by(table.c.at)
+    if since:
+        q = q.where(table.c.at >= since.astimezone(timezone.utc).replace(tzinfo=None))
     return [ProbeFailure(at if at.tzinfo else at.replace(tzinfo=timezone.utc), clean_line(what))
-            for at, what in rows if isinstance(at, datetime)]
+            for at, what in session.execute(q)]
+
+
+def probe_table(session):
+    """The probe's table as the store has it (reflected), or None when there is none."""
+    from sqlalchemy import MetaData, Table, inspect
+
+    conn = session.connection()
+    if not inspect(conn).has_table(PROBE_TABLE):
+        return None
+    return Table(PROBE_TABLE, MetaData(), autoload_with=conn)
 
 
 # ------------------------------------------------------------------------------------------------ reading
