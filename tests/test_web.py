@@ -358,7 +358,6 @@ def test_probe_failures_are_drawn_on_the_incidents_time_axis(tmp_path, replay):
     import sqlite3
 
     from monitor import db as store
-    from monitor.config import load as load_config
     from monitor.web.metrics import PollCounts, registry
     from prometheus_client import generate_latest
 
@@ -387,7 +386,7 @@ def test_probe_failures_are_drawn_on_the_incidents_time_axis(tmp_path, replay):
     incident_x = float(square["x"]) + 5                              # the major incident's square
     assert all(float(p["x1"]) < incident_x for p in probes)           # the probe knew first: drawn left of it
 
-    settings = load_config(cfg)
+    settings = load(cfg)
     engine = store.make_engine(settings.database_url(), readonly=True)
     try:
         text = generate_latest(registry(settings, engine, PollCounts())).decode()
