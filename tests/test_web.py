@@ -244,7 +244,8 @@ def test_page_metrics_and_report_follow_an_upload_incident(tmp_path, service):
         browse(f"http://127.0.0.1:{port}/", screenshot=ARTIFACTS / "page-390.png", width=390, height=2400)
 
         # read-only: anything but GET and HEAD is refused
-        for method, path in (("POST", "/"), ("PUT", "/metrics"), ("DELETE", "/status.json"), ("POST", "/healthz")):
+        for method, path in (("POST", "/"), ("PUT", "/metrics"), ("DELETE", "/status.json"), ("POST", "/healthz"),
+                             ("PATCH", "/nope")):
             status, headers, _ = request(port, method, path, body=b"x=1")
             assert (status, headers.get("allow")) == (405, "GET, HEAD"), (method, path)
         status, headers, body = request(port, "HEAD", "/status.json")

@@ -145,10 +145,10 @@ class WebServer:
     async def _answer(self, req: h11.Request) -> tuple[int, list, bytes]:
         path = req.target.split(b"?", 1)[0].decode("ascii", "replace")
         text = "text/plain; charset=utf-8"
-        if path not in ROUTES:
-            return 404, [("content-type", text)], b"not found\n"
         if req.method not in (b"GET", b"HEAD"):
             return 405, [("content-type", text), ("allow", "GET, HEAD")], b"read-only: only GET and HEAD\n"
+        if path not in ROUTES:
+            return 404, [("content-type", text)], b"not found\n"
         try:
             accept = b", ".join(v for k, v in req.headers if k == b"accept").decode("latin-1")
             return await asyncio.to_thread(self._render, path, accept)
