@@ -418,3 +418,19 @@ def test_chart_scales():
                    (273.3, 102.0, "circle", False), (382.0, 14.0, "diamond", True)]
     assert [(m["n"], m["h"]) for m in c["months"]] == [(5, 42.0), (0, 0.0)]
     assert [t["text"] for t in c["ticks"]] == ["Jan 2024", "Feb"]
+
+
+@pytest.mark.parametrize("first_poll, first_seen, late", [
+    ("2024-08-19T18:00:00Z", "2024-08-19T19:08:30Z", "17 min"),   # watching before it started: 17.5 min late
+    ("2024-08-19T18:51:00Z", "2024-08-19T18:51:00Z", "under 1 min"),
+    ("2024-08-19T19:00:00Z", "2024-08-19T19:00:05Z", ""),         # started watching after it began: unknown
+    (None, "2024-08-19T19:00:05Z", ""),
+])
+def test_posted_late_only_where_known(first_poll, first_seen, late):
+    from monitor.notify.render import parse_time
+    from monitor.web.page import incident_view
+
+    row = {"page": "openai", "id": "x", "title": "t", "url": None, "status": "resolved", "impact": "major",
+           "tags": ["file-upload"], "started_at": "2024-08-19T18:51:00Z", "resolved_at": "2024-08-19T22:02:00Z"}
+    got = incident_view(row, (parse_time(first_seen), parse_time(first_poll)), datetime(2024, 9, 1, tzinfo=UTC))
+    assert (got["late_words"], got["duration_words"]) == (late, "3 h 11 min")

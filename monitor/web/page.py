@@ -78,7 +78,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
         select(Page.name, Incident.page_incident_id, Incident.first_seen_at, Page.first_poll_at)
         .join(Page, Page.id == Incident.page_id)
         .where(Incident.started_at >= since if since else Incident.id.is_not(None)))}
-    incidents = [_incident(r, seen.get((r["page"], r["id"])), now) for r in rows]
+    incidents = [incident_view(r, seen.get((r["page"], r["id"])), now) for r in rows]
     open_ones = []
     for d in report.verdict.incidents:
         latest = session.execute(
@@ -86,7 +86,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
             .where(Page.name == d["page"], Incident.page_incident_id == d["id"])
             .order_by(Update.published_at.desc().nulls_last(), Update.id.desc()).limit(1)).first()
         open_ones.append({
-            **_incident(d, None, now), "stale": d["page"] in report.verdict.stale,
+            **incident_view(d, None, now), "stale": d["page"] in report.verdict.stale,
             "update_status": clean_line(latest[0]) if latest else "",
             "update_at": utc_words(latest[2]) if latest and latest[2] else "",
             "update_text": cap(clean_text(latest[1]), settings.notify.max_text_chars) if latest else ""})
@@ -102,7 +102,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
     }
 
 
-def _incident(r: dict, seen, now: datetime) -> dict:
+def incident_view(r: dict, seen, now: datetime) -> dict:
     """One incident as the page shows it: cleaned and capped text, a safe link, words for times."""
     from monitor.notify.render import parse_time
 
