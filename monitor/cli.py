@@ -342,6 +342,23 @@ def diagnose(c: Ctx, files, error_text, as_json):
 
 
 @cli.command()
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The HTML file to write.")
+@click.option("--since", callback=parse_date, help="Only incidents that started on or after this date (UTC).")
+@pass_ctx
+def report(c: Ctx, out, since):
+    """The service's page as one self-contained HTML file (CSS and chart inline, no script) to mail or publish:
+    the verdict from the store, open upload incidents, the history chart and table."""
+    from pathlib import Path
+
+    from monitor.web.page import render_from_store
+
+    html = render_from_store(c.settings, c.engine(readonly=True), since=since, report=True)
+    Path(out).write_text(html, encoding="utf-8")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
 @click.option("--all", "include_sent", is_flag=True, help="Include messages already sent.")
 @click.option("--limit", type=click.IntRange(1), default=200, show_default=True)
 @json_option

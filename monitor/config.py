@@ -94,6 +94,37 @@ class LogSettings(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, `:port` or `port` as (host, port); the host is loopback unless named."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep:
+        host, port = "", value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("write an IPv6 address in brackets, such as [::1]:8787")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535, such as 127.0.0.1:8787")
+    if host and not all(c.isalnum() or c in ".-:" for c in host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
+    return host or "127.0.0.1", int(port)
+
+
+class HttpSettings(_Frozen):
+    """The service's read-only web listener (the page, /metrics, /status.json, /healthz)."""
+    listen: str = "127.0.0.1:8787"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
 class Settings(_Frozen):
     database: DatabaseSettings = DatabaseSettings()
     pages: tuple[PageSettings, ...] = (PageSettings(name="openai", base_url="https://status.openai.com"),)
@@ -101,6 +132,7 @@ class Settings(_Frozen):
     notifiers: tuple[NotifierSettings, ...] = ()
     notify: NotifySettings = NotifySettings()
     log: LogSettings = LogSettings()
+    http: HttpSettings | None = None
     source: str = Field("built-in defaults", exclude=True)
 
     @field_validator("pages")

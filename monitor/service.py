@@ -144,6 +144,7 @@ class Service:
         self.outcomes: dict[str, str] = {}
         self.started = time.monotonic()
         self.http = None
+        self.web = None                 # the read-only listener, when [http] is configured
         self.stopping = asyncio.Event()
         self.delivering = False
         self.deliver_again = False
@@ -161,6 +162,8 @@ class Service:
         try:
             ps = self.settings.page(name)
             result = await poll_page(self.settings, ps, self.engine, self.http, self.rules)
+            if self.web:
+                self.web.counts.observe(result)
             at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
             self.outcomes[name] = f"{result.summary()} (at {at})"
             (log.info if result.ok or result.skipped else log.warning)("poll %s", result.summary())
@@ -251,6 +254,11 @@ class Service:
             wd = watchdog_seconds()
             if wd:
                 sched.add_job(self.watchdog, "interval", id="watchdog", name="watchdog", seconds=wd)
+            if self.settings.http:      # the page, /metrics, /status.json, /healthz: on a standby too
+                from monitor.web.server import WebServer
+
+                self.web = WebServer(self.settings)
+                await self.web.start()
             sched.start()
             sd_notify("READY=1", "STATUS=started; first poll under way")
             log.info("running: %s; messages to %s%s",
@@ -262,6 +270,8 @@ class Service:
             sched.pause()
             await self._wind_down()
             sched.shutdown(wait=False)
+            if self.web:
+                await self.web.stop()
         log.info("stopped")
 
     async def _wind_down(self) -> None:

@@ -25,11 +25,17 @@ class StatusFailure(Exception):
 def read(settings, reader) -> Report:
     """The verdict from the store alone (no polling): what the service's /status.json serves."""
     from monitor import db
+
+    with db.transaction(reader) as s:
+        return from_session(s, settings)
+
+
+def from_session(session, settings) -> Report:
+    """The store-only verdict inside a transaction the caller holds (the web page reads more in the same one)."""
     from monitor import history as h
     from monitor.verdict import decide
 
-    with db.transaction(reader) as s:
-        incidents, health = h.status_inputs(s, settings)
+    incidents, health = h.status_inputs(session, settings)
     now = datetime.now(timezone.utc)
     return Report(decide(incidents, health, now), health, [], now)
 

@@ -1,0 +1,137 @@
+"""/metrics: the Prometheus text format from prometheus_client, with a registry of the service's own.
+
+One collector reads the store once per scrape (one transaction: the verdict, each page's health and the
+outbox agree with each other); poll counts are kept in the process, as the service polls. Every labelled
+counter is present at 0 from the start, so `rate()` and `increase()` work from the first scrape."""
+from __future__ import annotations
+
+from monitor.sources import incidentio, statuspage
+
+KIND_SOURCES = {"statuspage": statuspage.POLL_PATHS, "incidentio": incidentio.POLL_PATHS}
+
+
+class PollCounts:
+    """Polls and failed polls per page, fetches and failed fetches per page and source (the page's list
+    sources, by path). Filled by the service after each poll; read by the collector."""
+
+    def __init__(self):
+        self.polls: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.fetches: dict[tuple[str, str], int] = {}
+        self.fetch_failures: dict[tuple[str, str], int] = {}
+
+    def observe(self, result) -> None:
+        """Count one poll.PageResult (a skipped poll, one held back by a page's Retry-After, is no poll)."""
+        if result.skipped:
+            return
+        page = result.page
+        self.polls[page] = self.polls.get(page, 0) + 1
+        if not result.ok:
+            self.failures[page] = self.failures.get(page, 0) + 1
+        for path in KIND_SOURCES.get(result.kind, ()):
+            self.fetches[page, path] = self.fetches.get((page, path), 0) + 1
+            if path not in result.sources_ok:
+                self.fetch_failures[page, path] = self.fetch_failures.get((page, path), 0) + 1
+
+
+class StoreCollector:
+    """A prometheus_client collector: each scrape reads the store once."""
+
+    def __init__(self, settings, engine, counts: PollCounts):
+        self.settings, self.engine, self.counts = settings, engine, counts
+
+    def read(self):
+        from sqlalchemy import func, select
+
+        from monitor import db, status
+        from monitor.models import Outbox, Page
+
+        with db.transaction(self.engine) as s:
+            report = status.from_session(s, self.settings)
+            outbox = dict(((n, st), c) for n, st, c in s.execute(
+                select(Outbox.notifier, Outbox.state, func.count()).where(Outbox.state.in_(("pending", "failed")))
+                .group_by(Outbox.notifier, Outbox.state)))
+            kinds = dict(s.execute(select(Page.name, Page.kind)).all())
+            probes = probe_outcomes(s)
+        return report, outbox, kinds, probes
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        from monitor import __version__
+
+        report, outbox, kinds, probes = self.read()
+        now = report.now
+        yield InfoMetricFamily("monitor", "The monitor's version.", value={"version": __version__})
+        yield GaugeMetricFamily("monitor_verdict", "The verdict as `monitor status` exits: 0 troubleshoot "
+                                "locally, 1 wait (minor), 2 wait (major), 3 unknown.", value=report.verdict.exit_code)
+        yield GaugeMetricFamily("monitor_upload_incidents_open", "Upload-related incidents open on the pages.",
+                                value=len(report.verdict.incidents))
+        last = GaugeMetricFamily("monitor_last_successful_poll_timestamp_seconds",
+                                 "When each page last answered a poll (Unix time).", labels=["page"])
+        fresh = GaugeMetricFamily("monitor_page_fresh", "1 while the page's data is fresh enough for a verdict.",
+                                  labels=["page"])
+        failing = GaugeMetricFamily("monitor_page_consecutive_failed_polls",
+                                    "Polls of the page that failed since its last good one.", labels=["page"])
+        for p in report.health:
+            if p.last_success_at:
+                last.add_metric([p.name], p.last_success_at.timestamp())
+            fresh.add_metric([p.name], 1 if p.fresh(now) else 0)
+            failing.add_metric([p.name], p.consecutive_failures)
+        yield from (last, fresh, failing)
+
+        c = self.counts
+        polls = CounterMetricFamily("monitor_polls", "Polls of each page by this process.", labels=["page"])
+        failed = CounterMetricFamily("monitor_poll_failures", "Polls of each page in which no source answered.",
+                                     labels=["page"])
+        fetches = CounterMetricFamily("monitor_source_fetches", "Fetches of each list source of each page.",
+                                      labels=["page", "source"])
+        fetch_failed = CounterMetricFamily("monitor_source_fetch_failures",
+                                           "Fetches of each list source that failed (HTTP, parse, deadline).",
+                                           labels=["page", "source"])
+        for ps in self.settings.pages:
+            polls.add_metric([ps.name], c.polls.get(ps.name, 0))
+            failed.add_metric([ps.name], c.failures.get(ps.name, 0))
+            kind = ps.kind if ps.kind != "auto" else kinds.get(ps.name)
+            for path in KIND_SOURCES.get(kind, ()):
+                fetches.add_metric([ps.name, path], c.fetches.get((ps.name, path), 0))
+                fetch_failed.add_metric([ps.name, path], c.fetch_failures.get((ps.name, path), 0))
+        yield from (polls, failed, fetches, fetch_failed)
+
+        messages = GaugeMetricFamily("monitor_outbox_messages", "Messages pending delivery or given up on, "
+                                     "per notifier.", labels=["notifier", "state"])
+        notifiers = [n.name for n in self.settings.notifiers] or ["log"]
+        for name in dict.fromkeys(notifiers + [n for n, _ in outbox]):
+            for state in ("pending", "failed"):
+                messages.add_metric([name, state], outbox.get((name, state), 0))
+        yield messages
+
+        if probes is not None:
+            outcomes = CounterMetricFamily("monitor_probe_results", "Probes of the Files API by outcome "
+                                           "(as stored).", labels=["outcome"])
+            for outcome, n in sorted(probes.items()):
+                outcomes.add_metric([outcome], n)
+            yield outcomes
+
+
+def probe_outcomes(session) -> dict[str, int] | None:
+    """Stored probes per outcome; None while the store has no probe table (then no monitor_probe_* metric).
+
+    INTEGRATOR (issue 15, the probe): like `monitor.web.page.probe_failures`, point this at the probe's table."""
+    from sqlalchemy import func, select
+
+    from monitor.web.page import probe_table
+
+    table = probe_table(session)
+    if table is None:
+        return None
+    return {str(o): n for o, n in session.execute(select(table.c.outcome, func.count()).group_by(table.c.outcome))}
+
+
+def registry(settings, engine, counts: PollCounts):
+    """A registry of the service's own (not the process-wide default, which holds Python's GC metrics)."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StoreCollector(settings, engine, counts))
+    return reg
