@@ -280,6 +280,8 @@ def run(c: Ctx):
 
     try:
         settings = c.settings
+        if settings.probe:
+            settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
         if settings.notifiers:
             from monitor.notify.channels import validate
 

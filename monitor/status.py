@@ -16,6 +16,7 @@ class Report:
     health: list = field(default_factory=list)      # verdict.PageHealth per configured page
     polled: list = field(default_factory=list)      # poll.PageResult of the pages polled just now
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    probe: object = None                             # verdict.ProbeHealth, None without [probe]
 
 
 class StatusFailure(Exception):
@@ -30,8 +31,9 @@ def read(settings, reader) -> Report:
 
     with db.transaction(reader) as s:
         incidents, health = h.status_inputs(s, settings)
+        probe = h.probe_health(s, settings)
     now = datetime.now(timezone.utc)
-    return Report(decide(incidents, health, now), health, [], now)
+    return Report(decide(incidents, health, now, probe), health, [], now, probe)
 
 
 def gather(settings_factory, engine_factory, rules_factory) -> Report:
@@ -95,7 +97,35 @@ def to_json(r: Report) -> dict:
                        "polled_now": any(x.page == p.name for x in r.polled),
                        "skipped": skipped.get(p.name)}
                       for p in r.health],
+            "probe": _probe_json(r.probe, now),
             "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+
+
+def _probe_json(p, now: datetime) -> dict | None:
+    from monitor.records import iso_z
+
+    if p is None:
+        return None
+    return {"last_outcome": p.last_outcome, "last_at": iso_z(p.last_at), "fresh": p.fresh(now),
+            "failure_class": p.failure_class, "detail": p.detail, "since": iso_z(p.since),
+            "consecutive_failures": p.consecutive_failures, "failing": p.failing(now)}
+
+
+def _probe_text(p, now: datetime) -> str:
+    from monitor.verdict import age_words
+
+    if p.last_at is None:
+        return "Probe (Files API): no result yet"
+    age = age_words((now - p.last_at).total_seconds())
+    head = f"Probe (Files API): {'fresh' if p.fresh(now) else 'STALE'}, last probe {age} ago"
+    if p.last_outcome == "ok":
+        return f"{head}: uploads work"
+    n = p.consecutive_failures
+    since = f", failing since {p.since:%Y-%m-%d %H:%M} UTC" if p.since and n else ""
+    whose = {"openai": f"OpenAI's side ({n} in a row{since})",
+             "user": "our side (the key, quota or request): not an outage",
+             "local": "our own network (the status page does not answer either): not an outage"}
+    return f"{head}: FAILING on {whose.get(p.failure_class, p.failure_class)}: {p.detail}"
 
 
 def to_text(r: Report) -> str:
@@ -127,6 +157,8 @@ def to_text(r: Report) -> str:
         if p.name in skipped:
             line += f"; not polled now: {skipped[p.name]}"
         lines.append(line)
+    if r.probe is not None:
+        lines.append(_probe_text(r.probe, now))
     if v.verdict == "troubleshoot-locally":
         lines.append("Local checklist:")
         lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
