@@ -155,12 +155,12 @@ def probe_health(session: Session, settings):
     ps = settings.probe
     if ps is None:
         return None
-    last = session.scalar(select(ProbeResult).order_by(ProbeResult.started_at.desc(), ProbeResult.id.desc()).limit(1))
+    last = session.scalar(select(ProbeResult).order_by(ProbeResult.id.desc()).limit(1))
     outage = session.scalar(select(ProbeOutage).where(ProbeOutage.ended_at.is_(None))
                             .order_by(ProbeOutage.id.desc()).limit(1))
     if last is None:
         return ProbeHealth(ps.interval, ps.failures_to_warn)
-    return ProbeHealth(ps.interval, ps.failures_to_warn, last_at=last.started_at, last_outcome=last.outcome,
+    return ProbeHealth(ps.interval, ps.failures_to_warn, last_at=last.finished_at, last_outcome=last.outcome,
                        failure_class=last.failure_class, detail=last.detail,
                        consecutive_failures=outage.consecutive if outage else 0,
                        since=outage.first_failure_at if outage else None)

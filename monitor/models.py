@@ -186,6 +186,7 @@ class ProbeResult(Base):
     __table_args__ = (Index("ix_probe_results_started", "started_at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTC)
+    finished_at: Mapped[datetime] = mapped_column(UTC)                 # when the result was known
     outcome: Mapped[str] = mapped_column(String(10))                   # ok | failed
     failure_class: Mapped[str | None] = mapped_column(String(10))      # openai | user | local
     step: Mapped[str | None] = mapped_column(String(20))               # the step that failed

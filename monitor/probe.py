@@ -276,9 +276,10 @@ def record(settings, engine, run: ProbeRun, now: datetime | None = None) -> tupl
         if cls == "network":
             answers = any(p.fresh(now) for p in health)
             cls = "openai" if answers else "local"
-            run.detail += " (the status page answers from here)" if answers else " (the status page does not answer either)"
-        s.add(ProbeResult(started_at=run.started_at, outcome="ok" if run.ok else "failed", failure_class=cls,
-                          step=run.step, detail=run.detail,
+            run.detail += (" (the status page answers from here)" if answers
+                           else " (the status page does not answer either)")
+        s.add(ProbeResult(started_at=run.started_at, finished_at=now, outcome="ok" if run.ok else "failed",
+                          failure_class=cls, step=run.step, detail=run.detail,
                           **{f"{st}_ms": run.ms.get(st) for st in STEPS},
                           **{f"{st}_status": run.status.get(st) for st in STEPS}))
         outage = s.scalar(select(ProbeOutage).where(ProbeOutage.ended_at.is_(None))

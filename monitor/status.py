@@ -89,23 +89,23 @@ def to_json(r: Report) -> dict:
     v, now = r.verdict, r.now
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}
     goods = [p.last_success_at for p in r.health if p.last_success_at]
-    return {"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
-            "incidents": list(v.incidents),
-            "checked_at": iso_z(min(goods)) if goods else None,   # the oldest data the answer rests on
-            "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
-                       "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
-                       "polled_now": any(x.page == p.name for x in r.polled),
-                       "skipped": skipped.get(p.name)}
-                      for p in r.health],
-            "probe": _probe_json(r.probe, now),
-            "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+    out = {"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
+           "incidents": list(v.incidents),
+           "checked_at": iso_z(min(goods)) if goods else None,   # the oldest data the answer rests on
+           "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
+                      "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
+                      "polled_now": any(x.page == p.name for x in r.polled),
+                      "skipped": skipped.get(p.name)}
+                     for p in r.health],
+           "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+    if r.probe is not None:     # only with [probe] configured
+        out["probe"] = _probe_json(r.probe, now)
+    return out
 
 
-def _probe_json(p, now: datetime) -> dict | None:
+def _probe_json(p, now: datetime) -> dict:
     from monitor.records import iso_z
 
-    if p is None:
-        return None
     return {"last_outcome": p.last_outcome, "last_at": iso_z(p.last_at), "fresh": p.fresh(now),
             "failure_class": p.failure_class, "detail": p.detail, "since": iso_z(p.since),
             "consecutive_failures": p.consecutive_failures, "failing": p.failing(now)}

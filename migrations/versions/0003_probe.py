@@ -18,6 +18,7 @@ def upgrade() -> None:
     op.create_table('probe_results',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('started_at', sa.DateTime(), nullable=False),
+    sa.Column('finished_at', sa.DateTime(), nullable=False),
     sa.Column('outcome', sa.String(length=10), nullable=False),
     sa.Column('failure_class', sa.String(length=10), nullable=True),
     sa.Column('step', sa.String(length=20), nullable=True),
