@@ -2,9 +2,10 @@
 and deletes it every `[probe] interval` seconds, records the outcome, and gives an early warning through the
 outbox when uploads fail on OpenAI's side before the status page says so.
 
-* Client: the project's httpx, not the openai SDK (which imports in about a second and brings pydantic models
-  for the whole API into the daemon's memory); imported only when `[probe]` is configured. No retries: one
-  request per step, each under a timeout of min(30 s, interval).
+* Client: the httpx the service already has loaded, not the openai SDK (a second HTTP stack and models for
+  the whole API, imported and kept in memory by a daemon that needs four endpoints); this module is imported
+  only when `[probe]` is configured. No retries: one request per step, each under a timeout of
+  min(30 s, interval).
 * The key goes in the Authorization header to `base_url` only: redirects are not followed, and nothing the
   probe stores, logs or sends holds it (error bodies are never kept, only their `error.code`/`type`).
 * Whose fault a failure is: `openai` (5xx; a 429 that is load shedding; a timeout or connection failure

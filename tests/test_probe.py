@@ -163,9 +163,16 @@ def test_early_warning_then_the_page_posts_then_resolution(tmp_path, service):
         show_text = run(cfg, "show", INCIDENT_FILE_PROCESSING).stdout
         first_failure = db_rows(tmp_path / "m.db", "select min(started_at) from probe_results "
                                                    "where outcome = 'failed'")[0][0]
-        # recovery, then the page resolves
+        # recovery; uploads fail again while the page's incident is open: no early warning (the page said it)
         api.fault = None
         wait_until(lambda: results(tmp_path)[-1][0] == "ok", "a good probe")
+        n = len(results(tmp_path))
+        api.fault = "500"
+        wait_until(lambda: sum(r[0] == "failed" for r in results(tmp_path)[n:]) >= 3, "failed probes")
+        api.fault = None
+        wait_until(lambda: results(tmp_path)[-1][0] == "ok", "a good probe")
+        assert titles(web) == [WARNING_TITLE, f"Wait: {PAGE_TITLE}"]
+        # the page resolves
         srv.now = STEPS[-1]
         wait_until(lambda: any(t.startswith("Resolved: ") for t in titles(web)), "the resolution message")
         time.sleep(2.0)
