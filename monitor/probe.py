@@ -39,7 +39,7 @@ log = logging.getLogger("monitor.probe")
 PREFIX = "openai-status-monitor-probe-"
 CONTENT = b"openai-status-monitor probe: safe to delete\n"
 STEPS = ("upload", "retrieve", "content", "delete")
-CLEANUP_TIMEOUT = 2.0       # seconds a deletion may take while shutting down (the service waits 3 s)
+CLEANUP_TIMEOUT = 2.0       # seconds the deletion after a failure or at shutdown may take (the service waits 3 s)
 PROBE_TAG = "file-upload"   # routing: the early warning is an `opened` event of this tag, its all-clear `resolved`
 PROBE_IMPACT = "minor"      # notifier filters see it as a minor-impact upload incident (status exits 1)
 # a 429 with one of these in error.code/type is about our account, not OpenAI's capacity
@@ -189,13 +189,15 @@ class Prober:
         answer (it may have arrived all the same), by its name. A file that may remain is deleted by the prefix
         clean-up before the next probe (and at the next start)."""
         try:
-            if file_id:
-                await self._call(None, "delete", "DELETE", f"/files/{file_id}", timeout=CLEANUP_TIMEOUT)
-            else:
-                await self.clean_up(name=name, timeout=CLEANUP_TIMEOUT)
-        except ProbeFailed as exc:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                if file_id:
+                    await self._call(None, "delete", "DELETE", f"/files/{file_id}", timeout=CLEANUP_TIMEOUT)
+                else:
+                    await self.clean_up(name=name, timeout=CLEANUP_TIMEOUT)
+        except (ProbeFailed, TimeoutError) as exc:
             self.clean_needed = True
-            log.warning("probe: could not delete the probe file %s: %s", file_id or name, exc)
+            log.warning("probe: could not delete the probe file %s: %s", file_id or name,
+                        exc if isinstance(exc, ProbeFailed) else f"no answer within {CLEANUP_TIMEOUT:g} s")
 
     # -- one probe -----------------------------------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class Prober:
 def record(settings, engine, run: ProbeRun, now: datetime | None = None) -> tuple[int, str | None]:
     """Store one probe's result and move the outage it belongs to; queue the early warning or its all-clear.
     One transaction. Returns (messages queued, the failure's class: openai | user | local | None)."""
-    from monitor import history, store
+    from monitor import history
 
     now = now or datetime.now(timezone.utc)
     with transaction(engine) as s:

@@ -225,7 +225,8 @@ def test_whose_fault_all_clear_and_local_network(tmp_path, service):
             code, data = status_json(cfg)
             assert code == 0 and data["verdict"] == "troubleshoot-locally", data
             assert data["probe"]["failure_class"] == "user" and not data["probe"]["failing"]
-            assert "FAILING on our side (the key, quota or request): not an outage" in run(cfg, "status", ok=None).stdout
+            text = run(cfg, "status", ok=None).stdout
+            assert "FAILING on our side (the key, quota or request): not an outage" in text
         assert len(web.requests) == 2
         problems = [ln for ln in m.stderr.splitlines() if "configuration problem" in ln]
         assert len(problems) == 2 and "HTTP 401 invalid_api_key" in problems[0], problems
@@ -305,3 +306,28 @@ def test_probe_config_errors_are_one_line(tmp_path):
     cfg = config(tmp_path, "http://127.0.0.1:9", extra='[probe]\nbase_url = "https://sk-x@api.openai.com/v1"\n')
     r = run(cfg, "history", ok=None)
     assert r.exit_code == 1 and "probe.base_url: must not carry credentials" in r.output
+
+
+def test_probe_messages_are_plain_and_escaped():
+    """The early warning and its all-clear in each format; third-party words (error codes) escaped."""
+    from monitor.notify.render import render
+
+    warn = {"kind": "probe", "event": "opened", "page": "openai", "id": "probe-1", "tags": ["file-upload"],
+            "impact": "minor", "status": "investigating", "started_at": "2026-09-08T13:32:00Z", "resolved_at": None,
+            "probe": {"failures": 2, "detail": "upload: HTTP 502 <!channel> & co", "statuses": [502, 503]}}
+    text = render(warn, "text")
+    assert (text.title, text.kind) == (WARNING_TITLE, "wait")
+    assert text.body.split("\n\n") == [
+        "Wait: uploads to the OpenAI Files API have been failing from here since 13:32 UTC, and the status page "
+        "has posted nothing yet. Wait rather than troubleshoot locally; a message follows when the page posts an "
+        "incident or uploads work again.",
+        "Failing from here since: 2026-09-08 13:32 UTC\nFailed probes: 2\n"
+        "Last failure: upload: HTTP 502 <!channel> & co\nHTTP statuses: 502, 503"]
+    assert "Last failure:* upload: HTTP 502 &lt;!channel&gt; &amp; co" in render(warn, "slack").body
+    assert "upload: HTTP 502 &lt;!channel&gt; &amp; co" in render(warn, "email").html
+    clear = {**warn, "event": "resolved", "status": "resolved", "resolved_at": "2026-09-08T13:50:00Z"}
+    msg = render(clear, "text")
+    assert (msg.title, msg.kind) == (ALL_CLEAR_TITLE, "resolved")
+    assert msg.body.startswith("Resolved after 18 min. Uploads to the OpenAI Files API work again from here; "
+                               "the status page posted nothing. If uploads still fail, troubleshoot locally:\n1. ")
+    assert "Working again since: 2026-09-08 13:50 UTC" in msg.body

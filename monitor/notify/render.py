@@ -228,8 +228,8 @@ def _verdict(f: _Facts) -> tuple[str, str]:
     if f.probe is not None:
         since = f" since {f.started.astimezone(timezone.utc):%H:%M} UTC" if f.started else ""
         return "Wait:", (f"uploads to the OpenAI Files API have been failing from here{since}, and the status "
-                         "page has posted nothing yet. Wait rather than troubleshoot locally; a message follows when the page "
-                         "posts an incident or uploads work again.")
+                         "page has posted nothing yet. Wait rather than troubleshoot locally; a message follows "
+                         "when the page posts an incident or uploads work again.")
     if f.kind == "resolved":
         return (f"Resolved after {f.duration}." if f.duration else "Resolved."), \
             "If uploads still fail, troubleshoot locally:"
