@@ -197,6 +197,12 @@ def show(c: Ctx, incident_id, page, as_json):
            f"  status {d['status']}  impact {d['impact']}  started {short(d['started_at'])}  "
            f"resolved {short(d['resolved_at'])}  first seen {short(d['first_seen_at'])}",
            f"  sources: {', '.join(d['sources']) or '-'}"]
+    if d["probe_first_failure_at"]:
+        from monitor.verdict import age_words
+
+        out.append(f"  probe: uploads failed from here since {short(d['probe_first_failure_at'])}, "
+                   f"{age_words(d['probe_lead_seconds'])} before the page's incident was first seen here "
+                   f"(the page gives {short(d['started_at'])} as its start)")
     out.append("Components: " + (", ".join(f"{x['name']} ({x['impact'] or 'affected'})" for x in d["components"])
                                  or "none listed"))
     out.append("Tags:" + ("" if d["tags"] else " none"))
@@ -280,6 +286,8 @@ def run(c: Ctx):
 
     try:
         settings = c.settings
+        if settings.probe:
+            settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
         if settings.notifiers:
             from monitor.notify.channels import validate
 

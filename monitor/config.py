@@ -125,6 +125,31 @@ class HttpSettings(_Frozen):
         return parse_listen(self.listen)
 
 
+class ProbeSettings(_Frozen):
+    """The opt-in probe of the OpenAI Files API (see monitor/probe.py). The key only comes from the environment."""
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    base_url: str = "https://api.openai.com/v1"
+    interval: float = Field(300, ge=1, le=86400, description="seconds between probes")
+    failures_to_warn: int = Field(2, ge=1, le=100)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
+        if parts.username or parts.password or parts.query:
+            raise ValueError("must not carry credentials or a query: the key comes from api_key_env")
+        return v.rstrip("/")
+
+    def api_key(self, source: str) -> str:
+        """The key from the environment; a one-line ConfigError naming the key when it is not set."""
+        value = os.environ.get(self.api_key_env, "").strip()
+        if not value:
+            raise ConfigError(f"{source}: probe.api_key_env: environment variable {self.api_key_env} is not set")
+        return value
+
+
 class Settings(_Frozen):
     database: DatabaseSettings = DatabaseSettings()
     pages: tuple[PageSettings, ...] = (PageSettings(name="openai", base_url="https://status.openai.com"),)
@@ -133,6 +158,7 @@ class Settings(_Frozen):
     notify: NotifySettings = NotifySettings()
     log: LogSettings = LogSettings()
     http: HttpSettings | None = None
+    probe: ProbeSettings | None = None
     source: str = Field("built-in defaults", exclude=True)
 
     @field_validator("pages")

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from monitor.models import Incident, IncidentComponent, Outbox, Page, Tag
+from monitor.models import Incident, IncidentComponent, Outbox, Page, ProbeOutage, ProbeResult, Tag
 from monitor.records import iso_z as _iso
 from monitor.tags import UPLOAD_TAGS
 
@@ -38,7 +38,7 @@ def history(session: Session, *, tags: list[str] | None = None, all_incidents: b
     if page:
         where.append(Page.name == page)
     q = (select(Incident.id, Page.name, Incident.page_incident_id, Incident.title, Incident.url, Incident.status,
-                Incident.impact, Incident.started_at, Incident.resolved_at)
+                Incident.impact, Incident.started_at, Incident.resolved_at, Incident.first_seen_at)
          .join(Page, Page.id == Incident.page_id).where(*where)
          .order_by(Incident.started_at.desc().nulls_last(), Incident.id.desc()))
     rows = session.execute(q.limit(limit) if limit else q).all()
@@ -58,10 +58,28 @@ def history(session: Session, *, tags: list[str] | None = None, all_incidents: b
     sent = dict(session.execute(select(Outbox.incident_id, func.count())
                                 .where(Outbox.incident_id.in_(chosen), Outbox.state == "sent")
                                 .group_by(Outbox.incident_id)).all())
+    outages = probe_outages(session)
     return [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
              "tags": tag_map.get(iid, []), "started_at": _iso(started), "resolved_at": _iso(resolved),
-             "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0)}
-            for iid, pname, pid, title, url, status, impact, started, resolved in rows]
+             "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0),
+             **probe_lead(outages, started, first_seen)}
+            for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
+
+
+def probe_outages(session: Session) -> list[tuple[datetime, datetime | None]]:
+    """(first failure, end) of every outage the probe saw, oldest first."""
+    return list(session.execute(select(ProbeOutage.first_failure_at, ProbeOutage.ended_at)
+                                .order_by(ProbeOutage.first_failure_at)).all())
+
+
+def probe_lead(outages, started_at: datetime | None, first_seen_at: datetime) -> dict:
+    """How much earlier the probe knew: the first failure of the probe outage under way when the page's
+    incident began or when we first saw it posted (None when the probe saw nothing), and the seconds from it
+    to the moment this monitor first saw the incident on the page."""
+    begin = min(started_at, first_seen_at) if started_at else first_seen_at
+    first = next((f for f, end in outages if f <= first_seen_at and (end is None or end >= begin)), None)
+    return {"probe_first_failure_at": _iso(first),
+            "probe_lead_seconds": int((first_seen_at - first).total_seconds()) if first else None}
 
 
 def find_incident(session: Session, incident_id: str, page: str | None = None) -> Incident | None:
@@ -78,6 +96,7 @@ def incident_detail(session: Session, row: Incident) -> dict:
     d["sources"] = [s for s in row.sources.split(",") if s]
     d["posted_late_by_seconds"] = (
         int((row.first_seen_at - row.started_at).total_seconds()) if row.started_at else None)
+    d.update(probe_lead(probe_outages(session), row.started_at, row.first_seen_at))
     d["components"] = [{"id": c.key, "name": c.name, "impact": c.impact} for c in row.components]
     d["tags"] = [{"tag": t.tag, "rule": t.rule, "field": t.field, "text": t.text}
                  for t in sorted(row.tags, key=lambda t: t.tag)]
@@ -127,3 +146,21 @@ def status_inputs(session: Session, settings) -> tuple[list[dict], list]:
                                  consecutive_failures=row.consecutive_failures if row else 0,
                                  last_outcome=row.last_outcome if row else None))
     return incidents, health
+
+
+def probe_health(session: Session, settings):
+    """The probe's last result and the outage under way, for verdict.decide(); None without `[probe]`."""
+    from monitor.verdict import ProbeHealth
+
+    ps = settings.probe
+    if ps is None:
+        return None
+    last = session.scalar(select(ProbeResult).order_by(ProbeResult.id.desc()).limit(1))
+    outage = session.scalar(select(ProbeOutage).where(ProbeOutage.ended_at.is_(None))
+                            .order_by(ProbeOutage.id.desc()).limit(1))
+    if last is None:
+        return ProbeHealth(ps.interval, ps.failures_to_warn)
+    return ProbeHealth(ps.interval, ps.failures_to_warn, last_at=last.finished_at, last_outcome=last.outcome,
+                       failure_class=last.failure_class, detail=last.detail,
+                       consecutive_failures=outage.consecutive if outage else 0,
+                       since=outage.first_failure_at if outage else None)

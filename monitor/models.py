@@ -176,3 +176,44 @@ class Delivery(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     permanent: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ProbeResult(Base):
+    """One probe of the OpenAI Files API: its outcome, whose fault a failure was, and each step's latency
+    and HTTP status (null when the step was not reached or got no answer). Never holds the key."""
+
+    __tablename__ = "probe_results"
+    __table_args__ = (Index("ix_probe_results_started", "started_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTC)
+    finished_at: Mapped[datetime] = mapped_column(UTC)                 # when the result was known
+    outcome: Mapped[str] = mapped_column(String(10))                   # ok | failed
+    failure_class: Mapped[str | None] = mapped_column(String(10))      # openai | user | local
+    step: Mapped[str | None] = mapped_column(String(20))               # the step that failed
+    detail: Mapped[str | None] = mapped_column(Text)                   # one line, e.g. "upload: HTTP 503 ..."
+    upload_ms: Mapped[int | None] = mapped_column(Integer)
+    upload_status: Mapped[int | None] = mapped_column(Integer)
+    retrieve_ms: Mapped[int | None] = mapped_column(Integer)
+    retrieve_status: Mapped[int | None] = mapped_column(Integer)
+    content_ms: Mapped[int | None] = mapped_column(Integer)
+    content_status: Mapped[int | None] = mapped_column(Integer)
+    delete_ms: Mapped[int | None] = mapped_column(Integer)
+    delete_status: Mapped[int | None] = mapped_column(Integer)
+
+
+class ProbeOutage(Base):
+    """A run of probe failures on OpenAI's side, from the first failure to the next good probe: what the
+    early warning and its all-clear are decided on, and what `show`/`history` compare a page's incident with."""
+
+    __tablename__ = "probe_outages"
+    __table_args__ = (Index("ix_probe_outages_first", "first_failure_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    first_failure_at: Mapped[datetime] = mapped_column(UTC)
+    last_failure_at: Mapped[datetime] = mapped_column(UTC)
+    consecutive: Mapped[int] = mapped_column(Integer, default=0)       # OpenAI-side failures in a row, now
+    failures: Mapped[int] = mapped_column(Integer, default=0)          # all OpenAI-side failures in it
+    statuses: Mapped[str] = mapped_column(String(200), default="")     # HTTP statuses seen, e.g. "500,503"
+    detail: Mapped[str | None] = mapped_column(Text)                   # the latest failure, one line
+    warned_at: Mapped[datetime | None] = mapped_column(UTC)            # early warning queued
+    ended_at: Mapped[datetime | None] = mapped_column(UTC)             # the next good probe
+    all_clear: Mapped[bool] = mapped_column(Boolean, default=False)    # all-clear queued

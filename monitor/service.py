@@ -10,6 +10,9 @@
 * systemd's notify protocol when NOTIFY_SOCKET is set: READY=1 once the store is migrated and the scheduler
   started, STATUS= with the last poll's outcome of each page, WATCHDOG=1 every WATCHDOG_USEC/2 while every
   page's poll loop keeps completing (a hung loop stops the pings and systemd restarts us), STOPPING=1.
+* With `[probe]` configured, the probe of the OpenAI Files API (monitor/probe.py) runs every `interval`
+  seconds while this process leads (`self.leading`); a probe in flight at SIGTERM is cancelled and its file
+  deleted (within CANCEL_GRACE).
 * Logs: one line per event on stderr, level first; under journald (JOURNAL_STREAM) each line also carries
   its syslog priority (`<4>WARNING ...`), so `journalctl -p warning` works.
 """
@@ -148,6 +151,8 @@ class Service:
         self.stopping = asyncio.Event()
         self.delivering = False
         self.deliver_again = False
+        self.leading = True
+        self.prober = None
 
     # -- jobs ------------------------------------------------------------------------------------------
 
@@ -177,6 +182,22 @@ class Service:
             log.error("poll of %s failed: %s: %s", name, type(exc).__name__, exc)
         finally:
             self.last_attempt[name] = time.monotonic()
+            self.polls.discard(task)
+
+    async def probe_job(self) -> None:
+        """One probe of the Files API (an APScheduler job), on the leader only. Never raises."""
+        if self.stopping.is_set() or not self.leading:
+            return
+        task = asyncio.current_task()
+        self.polls.add(task)
+        try:
+            if await self.prober.run_once():
+                self.spawn(self.deliver())
+        except asyncio.CancelledError:
+            log.info("probe abandoned: shutting down")
+        except Exception as exc:  # a bug must not kill the service
+            log.error("probe failed: %s: %s", type(exc).__name__, exc)
+        finally:
             self.polls.discard(task)
 
     def spawn(self, coro) -> None:
@@ -249,6 +270,12 @@ class Service:
                 sched.add_job(self.poll_job, "interval", args=[p.name], id=f"poll:{p.name}", name=f"poll {p.name}",
                               seconds=p.poll_interval, jitter=min(5.0, p.poll_interval * 0.1),
                               next_run_time=now + timedelta(seconds=0.2 * i))
+            if self.settings.probe:
+                from monitor.probe import Prober
+
+                self.prober = Prober(self.settings, self.engine)
+                sched.add_job(self.probe_job, "interval", id="probe", name="probe",
+                              seconds=self.settings.probe.interval, next_run_time=now + timedelta(seconds=0.5))
             sched.add_job(self.deliver, "interval", id="deliver", name="deliver", seconds=DELIVERY_EVERY,
                           next_run_time=now + timedelta(seconds=1))
             wd = watchdog_seconds()
@@ -261,9 +288,10 @@ class Service:
                 await self.web.start()
             sched.start()
             sd_notify("READY=1", "STATUS=started; first poll under way")
-            log.info("running: %s; messages to %s%s",
+            log.info("running: %s; messages to %s%s%s",
                      ", ".join(f"{p.name} every {p.poll_interval:g} s" for p in self.settings.pages),
                      ", ".join(n.name for n in self.settings.notifiers) or "the log",
+                     f"; probe of the Files API every {self.settings.probe.interval:g} s" if self.prober else "",
                      f"; watchdog ping every {wd:g} s" if wd else "")
             await self.stopping.wait()
             sd_notify("STOPPING=1", "STATUS=stopping")
@@ -272,6 +300,8 @@ class Service:
             sched.shutdown(wait=False)
             if self.web:
                 await self.web.stop()
+            if self.prober:
+                await self.prober.close()
         log.info("stopped")
 
     async def _wind_down(self) -> None:

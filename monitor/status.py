@@ -16,6 +16,7 @@ class Report:
     health: list = field(default_factory=list)      # verdict.PageHealth per configured page
     polled: list = field(default_factory=list)      # poll.PageResult of the pages polled just now
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    probe: object = None                             # verdict.ProbeHealth, None without [probe]
 
 
 class StatusFailure(Exception):
@@ -36,8 +37,9 @@ def from_session(session, settings) -> Report:
     from monitor.verdict import decide
 
     incidents, health = h.status_inputs(session, settings)
+    probe = h.probe_health(session, settings)
     now = datetime.now(timezone.utc)
-    return Report(decide(incidents, health, now), health, [], now)
+    return Report(decide(incidents, health, now, probe), health, [], now, probe)
 
 
 def gather(settings_factory, engine_factory, rules_factory) -> Report:
@@ -93,15 +95,43 @@ def to_json(r: Report) -> dict:
     v, now = r.verdict, r.now
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}
     goods = [p.last_success_at for p in r.health if p.last_success_at]
-    return {"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
-            "incidents": list(v.incidents),
-            "checked_at": iso_z(min(goods)) if goods else None,   # the oldest data the answer rests on
-            "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
-                       "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
-                       "polled_now": any(x.page == p.name for x in r.polled),
-                       "skipped": skipped.get(p.name)}
-                      for p in r.health],
-            "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+    out = {"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
+           "incidents": list(v.incidents),
+           "checked_at": iso_z(min(goods)) if goods else None,   # the oldest data the answer rests on
+           "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
+                      "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
+                      "polled_now": any(x.page == p.name for x in r.polled),
+                      "skipped": skipped.get(p.name)}
+                     for p in r.health],
+           "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+    if r.probe is not None:     # only with [probe] configured
+        out["probe"] = _probe_json(r.probe, now)
+    return out
+
+
+def _probe_json(p, now: datetime) -> dict:
+    from monitor.records import iso_z
+
+    return {"last_outcome": p.last_outcome, "last_at": iso_z(p.last_at), "fresh": p.fresh(now),
+            "failure_class": p.failure_class, "detail": p.detail, "since": iso_z(p.since),
+            "consecutive_failures": p.consecutive_failures, "failing": p.failing(now)}
+
+
+def _probe_text(p, now: datetime) -> str:
+    from monitor.verdict import age_words
+
+    if p.last_at is None:
+        return "Probe (Files API): no result yet"
+    age = age_words((now - p.last_at).total_seconds())
+    head = f"Probe (Files API): {'fresh' if p.fresh(now) else 'STALE'}, last probe {age} ago"
+    if p.last_outcome == "ok":
+        return f"{head}: uploads work"
+    n = p.consecutive_failures
+    since = f", failing since {p.since:%Y-%m-%d %H:%M} UTC" if p.since and n else ""
+    whose = {"openai": f"OpenAI's side ({n} in a row{since})",
+             "user": "our side (the key, quota or request): not an outage",
+             "local": "our own network (the status page does not answer either): not an outage"}
+    return f"{head}: FAILING on {whose.get(p.failure_class, p.failure_class)}: {p.detail}"
 
 
 def to_text(r: Report, checklist: bool = True) -> str:
@@ -134,6 +164,8 @@ def to_text(r: Report, checklist: bool = True) -> str:
         if p.name in skipped:
             line += f"; not polled now: {skipped[p.name]}"
         lines.append(line)
+    if r.probe is not None:
+        lines.append(_probe_text(r.probe, now))
     if checklist and v.verdict == "troubleshoot-locally":
         lines.append("Local checklist:")
         lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]

@@ -201,18 +201,26 @@ def payload(state: IncidentState, event: str, tags: set[str], page_name: str) ->
 def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
           now: datetime) -> int:
     """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
-    targets = [n.name for n in (notifiers or [LOG]) if n.wants(tags, ch.event, ch.state.impact)]
+    return queue_message(session, incident_id=incident_id, key=f"{page_name}:{ch.dedupe_key}", event=ch.event,
+                         tags=tags, impact=ch.state.impact, notifiers=notifiers, now=now,
+                         body=lambda: payload(ch.state, ch.event, tags, page_name))
+
+
+def queue_message(session: Session, *, incident_id: int | None, key: str, event: str, tags: set[str], impact: str,
+                  notifiers: Sequence, now: datetime, body) -> int:
+    """Outbox rows under `key` for every notifier that wants (tags, event, impact), each key at most once per
+    notifier; `body()` makes the payload. Returns the number of rows queued."""
+    targets = [n.name for n in (notifiers or [LOG]) if n.wants(tags, event, impact)]
     if not targets:
         return 0
-    key = f"{page_name}:{ch.dedupe_key}"
     have = set(session.scalars(select(Outbox.notifier).where(Outbox.dedupe_key == key,
                                                               Outbox.notifier.in_(targets))))
-    body = json.dumps(payload(ch.state, ch.event, tags, page_name), sort_keys=True)
+    text = json.dumps(body(), sort_keys=True)
     n = 0
     for name in targets:
         if name in have:
             continue
-        session.add(Outbox(incident_id=incident_id, notifier=name, event=ch.event, dedupe_key=key, payload=body,
+        session.add(Outbox(incident_id=incident_id, notifier=name, event=event, dedupe_key=key, payload=text,
                            state="pending", attempts=0, created_at=now, next_attempt_at=now))
         n += 1
     return n

@@ -33,6 +33,30 @@ class PageHealth:
                 and now - self.last_success_at < timedelta(seconds=2 * self.poll_interval))
 
 
+PROBE_REASON = "unconfirmed: the probe fails, the page says nothing yet"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeHealth:
+    """The probe of the OpenAI Files API as stored: its last result and the outage it is in, if any."""
+    interval: float
+    failures_to_warn: int
+    last_at: datetime | None = None
+    last_outcome: str | None = None       # ok | failed
+    failure_class: str | None = None      # openai | user | local (of the last result)
+    detail: str | None = None
+    consecutive_failures: int = 0         # failures on OpenAI's side in a row
+    since: datetime | None = None         # the first failure of the outage under way
+
+    def fresh(self, now: datetime) -> bool:
+        return self.last_at is not None and now - self.last_at < timedelta(seconds=2 * self.interval)
+
+    def failing(self, now: datetime) -> bool:
+        """Failures on OpenAI's side stand: enough of them in a row, the latest one recent."""
+        return (self.fresh(now) and self.last_outcome == "failed" and self.failure_class == "openai"
+                and self.consecutive_failures >= self.failures_to_warn)
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     verdict: str                      # wait | troubleshoot-locally | unknown
@@ -42,10 +66,12 @@ class Verdict:
     stale: tuple[str, ...] = field(default_factory=tuple)
 
 
-def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime) -> Verdict:
+def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,
+           probe: ProbeHealth | None = None) -> Verdict:
     """`open_incidents`: open upload-related incidents (dicts with at least `impact`, `title`, and `page`).
 
-    An incident on a page with fresh data means "wait", whatever the other pages say. Otherwise any page
+    An incident on a page with fresh data means "wait", whatever the other pages say. Failures of the probe
+    on OpenAI's side (`probe.failing`) mean "wait" too (exit 1) while no incident is open. Otherwise any page
     without fresh data makes the answer "unknown": stale data never reads as all-clear, and an incident
     known only from stale data may be over already (it is still listed)."""
     stale = tuple(p.name for p in pages if not p.fresh(now))
@@ -58,6 +84,9 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime) -
         n = len(current)
         reason = f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: {worst})"
         return Verdict("wait", code, reason + (f"; no fresh data: {why_stale}" if stale else ""), incidents, stale)
+    if probe is not None and probe.failing(now):
+        return Verdict("wait", WARNING, PROBE_REASON + (f"; no fresh data: {why_stale}" if stale else ""),
+                       incidents, stale)
     if stale:
         return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale)
     return Verdict("troubleshoot-locally", OK, "no upload-related incident is open", incidents)

@@ -238,8 +238,8 @@ def test_retag_after_rule_change(tmp_path):
 
 def test_db_upgrade_command(tmp_path):
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
-    assert run(cfg, "db", "upgrade").stdout.endswith("migrated to 0001\n")
-    assert run(cfg, "db", "upgrade").stdout.endswith("already at 0001\n")
+    assert run(cfg, "db", "upgrade").stdout.endswith("migrated to 0003\n")
+    assert run(cfg, "db", "upgrade").stdout.endswith("already at 0003\n")
 
 
 def test_unchanged_poll_writes_nothing_but_health(tmp_path):

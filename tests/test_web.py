@@ -355,32 +355,31 @@ def test_bad_listen_is_one_line(tmp_path, listen, reason):
 def test_probe_failures_are_drawn_on_the_incidents_time_axis(tmp_path, replay):
     """Where the store holds probe results, failed probes are marks on the same time axis as the page's
     incidents (here the day before the 2024-08-19 incident started), and /metrics counts them.
-    The probe's table is made by hand here, in the shape `monitor.web.page.probe_failures` reads."""
+    The results are written straight into the probe's table, as the probe of `monitor run` stores them."""
     import sqlite3
 
     from monitor import db as store
     from monitor.web.metrics import PollCounts, registry
     from prometheus_client import generate_latest
 
-    cfg = config(tmp_path, replay.base_url)
+    cfg = config(tmp_path, replay.base_url, extra='[probe]\napi_key_env = "TEST_PROBE_KEY"\n')
     run(cfg, "poll")
     con = sqlite3.connect(tmp_path / "m.db")
     with con:
-        con.execute("create table probe_results (id integer primary key, at datetime not null, ok boolean not null,"
-                    " outcome varchar(40) not null)")
-        con.executemany("insert into probe_results (at, ok, outcome) values (?, ?, ?)", [
-            ("2024-05-01 10:00:00.000000", 0, "openai-5xx"),           # before --since: not drawn
-            ("2024-08-18 18:21:00.000000", 0, "openai-5xx"),
-            ("2024-08-18 18:26:00.000000", 0, "openai-<b>429</b>"),
-            ("2024-08-19 18:31:00.000000", 1, "ok")])
+        con.executemany("insert into probe_results (started_at, finished_at, outcome, failure_class, detail)"
+                        " values (?, ?, ?, ?, ?)", [
+            ("2024-05-01 10:00:00.000000", "2024-05-01 10:00:01.000000", "failed", "openai", "upload: HTTP 503"),
+            ("2024-08-18 18:21:00.000000", "2024-08-18 18:21:01.000000", "failed", "openai", "upload: HTTP 500"),
+            ("2024-08-18 18:26:00.000000", "2024-08-18 18:26:01.000000", "failed", "openai", "upload: <b>429</b>"),
+            ("2024-08-19 18:31:00.000000", "2024-08-19 18:31:01.000000", "ok", None, None)])
     con.close()
     report = tmp_path / "report.html"
     run(cfg, "report", "--out", str(report), "--since", "2024-06-01")
     dom = Dom(report.read_text())
     probes = [a for t, a, in_chart in dom.elements if in_chart and t == "line" and a.get("class") == "probe"]
     assert len(probes) == 2
-    assert "probe failed 2024-08-18 18:21 UTC: openai-5xx" in dom.all_text()
-    assert "probe failed 2024-08-18 18:26 UTC: openai-<b>429</b>" in dom.all_text()      # text, not markup
+    assert "probe failed 2024-08-18 18:21 UTC: OpenAI's side: upload: HTTP 500" in dom.all_text()
+    assert "probe failed 2024-08-18 18:26 UTC: OpenAI's side: upload: <b>429</b>" in dom.all_text()  # text, not markup
     shapes = [(t, a) for t, a, in_chart in dom.elements if in_chart]
     i = next(n for n, (t, a) in enumerate(shapes) if t == "g" and MAJOR_TITLE in a.get("aria-label", ""))
     square = next(a for t, a in shapes[i:] if t == "rect")
@@ -394,8 +393,9 @@ def test_probe_failures_are_drawn_on_the_incidents_time_axis(tmp_path, replay):
     finally:
         engine.dispose()
     fam = {f.name: f for f in text_string_to_metric_families(text)}
-    assert value(fam, "monitor_probe_results_total", outcome="openai-5xx") == 2
-    assert value(fam, "monitor_probe_results_total", outcome="ok") == 1
+    assert value(fam, "monitor_probe_results_total", result="openai") == 3
+    assert value(fam, "monitor_probe_results_total", result="ok") == 1
+    assert value(fam, "monitor_probe_results_total", result="user") == 0         # present at 0 from the start
 
 
 def test_chart_scales():

@@ -154,9 +154,12 @@ class _Facts:
     update_text: str
     link: str | None
     duration: str | None
+    probe: tuple[tuple[str, str], ...] | None = None   # the probe's early warning / all-clear: its fact lines
 
 
 def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
+    if p.get("kind") == "probe":
+        return _probe_facts(p, now)
     event = clean_line(p.get("event")) or "updated"
     status = clean_line(p.get("status")).lower()
     resolved_now = event == "resolved" or status in RESOLVED_STATUSES
@@ -184,6 +187,33 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
         link=safe_link(p.get("url")), duration=duration)
 
 
+def _probe_facts(p: dict, now: datetime | None) -> _Facts:
+    """The probe's early warning (event "opened") or its all-clear ("resolved"); see monitor.probe.payload."""
+    resolved = clean_line(p.get("event")) == "resolved"
+    probe = p.get("probe") if isinstance(p.get("probe"), dict) else {}
+    started, ended = parse_time(p.get("started_at")), parse_time(p.get("resolved_at"))
+    end = ended or now
+    duration = duration_words((end - started).total_seconds()) if resolved and started and end else None
+    lines = [("Failing from here since", utc_words(started))] if started else []
+    if resolved and ended:
+        lines.append(("Working again since", utc_words(ended)))
+    failures = probe.get("failures")
+    if isinstance(failures, int) and not isinstance(failures, bool):
+        lines.append(("Failed probes", str(failures)))
+    if clean_line(probe.get("detail")):
+        lines.append(("Last failure", cap(clean_line(probe.get("detail")), 300)))
+    statuses = [str(x) for x in (probe.get("statuses") or []) if isinstance(x, int) and not isinstance(x, bool)]
+    if statuses:
+        lines.append(("HTTP statuses", ", ".join(statuses)))
+    return _Facts(event="resolved" if resolved else "opened", kind="resolved" if resolved else "wait",
+                  title=("Uploads to the OpenAI Files API work again from here" if resolved
+                         else "Uploads to the OpenAI Files API are failing from here"),
+                  who="OpenAI", uploads=True, status="Resolved" if resolved else "Investigating",
+                  impact=clean_line(p.get("impact")) or "unknown", components=(), started=started,
+                  resolved=ended if resolved else None, update_status="", update_at=None, update_text="",
+                  link=None, duration=duration, probe=tuple(lines))
+
+
 def _title(f: _Facts) -> str:
     word = {"wait": "Wait", "resolved": "Resolved", "test": "Test"}[f.kind]
     return cap(f"{word}: {f.title}", TITLE_MAX)
@@ -191,6 +221,15 @@ def _title(f: _Facts) -> str:
 
 def _verdict(f: _Facts) -> tuple[str, str]:
     """(the lead, bold where the format allows, and the rest of the verdict), plain text."""
+    if f.probe is not None and f.kind == "resolved":
+        return (f"Resolved after {f.duration}." if f.duration else "Resolved."), \
+            ("Uploads to the OpenAI Files API work again from here; the status page posted nothing. "
+             "If uploads still fail, troubleshoot locally:")
+    if f.probe is not None:
+        since = f" since {f.started.astimezone(timezone.utc):%H:%M} UTC" if f.started else ""
+        return "Wait:", (f"uploads to the OpenAI Files API have been failing from here{since}, and the status "
+                         "page has posted nothing yet. Wait rather than troubleshoot locally; a message follows "
+                         "when the page posts an incident or uploads work again.")
     if f.kind == "resolved":
         return (f"Resolved after {f.duration}." if f.duration else "Resolved."), \
             "If uploads still fail, troubleshoot locally:"
@@ -201,6 +240,8 @@ def _verdict(f: _Facts) -> tuple[str, str]:
 
 def _fact_lines(f: _Facts) -> list[tuple[str, str]]:
     """(label, plain value) pairs, in order."""
+    if f.probe is not None:
+        return list(f.probe)
     out = [("Status", f.status), ("Impact", f.impact)]
     if f.components:
         out.append(("Affected", ", ".join(f.components)))

@@ -52,7 +52,7 @@ class StoreCollector:
                 select(Outbox.notifier, Outbox.state, func.count()).where(Outbox.state.in_(("pending", "failed")))
                 .group_by(Outbox.notifier, Outbox.state)))
             kinds = dict(s.execute(select(Page.name, Page.kind)).all())
-            probes = probe_outcomes(s)
+            probes = probe_outcomes(s, self.settings)
         return report, outbox, kinds, probes
 
     def collect(self):
@@ -107,25 +107,39 @@ class StoreCollector:
         yield messages
 
         if probes is not None:
-            outcomes = CounterMetricFamily("monitor_probe_results", "Probes of the Files API by outcome "
-                                           "(as stored).", labels=["outcome"])
+            outcomes = CounterMetricFamily("monitor_probe_results", "Probes of the Files API by result: ok, or "
+                                           "whose fault the failure was (openai, user, local).", labels=["result"])
             for outcome, n in sorted(probes.items()):
                 outcomes.add_metric([outcome], n)
             yield outcomes
+            probe = report.probe
+            yield GaugeMetricFamily("monitor_probe_consecutive_failures", "Probes failing on OpenAI's side in a "
+                                    "row now (the early warning goes out at failures_to_warn).",
+                                    value=probe.consecutive_failures if probe else 0)
+            if probe and probe.last_at:
+                yield GaugeMetricFamily("monitor_probe_last_result_timestamp_seconds",
+                                        "When the last probe's result was known (Unix time).",
+                                        value=probe.last_at.timestamp())
 
 
-def probe_outcomes(session) -> dict[str, int] | None:
-    """Stored probes per outcome; None while the store has no probe table (then no monitor_probe_* metric).
-
-    INTEGRATOR (issue 15, the probe): like `monitor.web.page.probe_failures`, point this at the probe's table."""
+def probe_outcomes(session, settings) -> dict[str, int] | None:
+    """Stored probes per result (ok, or whose fault a failure was); None without `[probe]` (then no
+    monitor_probe_* metric). Every result is present, at 0 until it happens."""
     from sqlalchemy import func, select
 
-    from monitor.web.page import probe_table
+    from monitor.models import ProbeResult as R
 
-    table = probe_table(session)
-    if table is None:
+    if settings.probe is None:
         return None
-    return {str(o): n for o, n in session.execute(select(table.c.outcome, func.count()).group_by(table.c.outcome))}
+    counts = dict.fromkeys(PROBE_RESULTS, 0)
+    for outcome, cls, n in session.execute(select(R.outcome, R.failure_class, func.count())
+                                           .group_by(R.outcome, R.failure_class)):
+        key = "ok" if outcome == "ok" else (cls or "unknown")
+        counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+PROBE_RESULTS = ("ok", "openai", "user", "local")
 
 
 def registry(settings, engine, counts: PollCounts):

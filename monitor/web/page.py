@@ -29,35 +29,23 @@ class ProbeFailure:
     what: str
 
 
-PROBE_TABLE = "probe_results"
 
 
 def probe_failures(session, since: datetime | None) -> list[ProbeFailure]:
-    """Failed probes of the Files API since `since`, oldest first; [] while the store has no probe table.
-
-    INTEGRATOR (issue 15, the probe): this is the only place the page reads probe results. Point the query
-    at the probe's table and columns (assumed here: `probe_results` with `at`, `ok`, `outcome`); the chart
-    draws what it returns on the incidents' time axis and `monitor.web.metrics` counts outcomes the same way."""
+    """Failed probes of the Files API since `since`, oldest first, with whose fault each was: the chart draws
+    them on the incidents' time axis (the only place the page reads probe results)."""
     from sqlalchemy import select
 
-    table = probe_table(session)
-    if table is None:
-        return []
-    q = select(table.c.at, table.c.outcome).where(table.c.ok.is_(False)).order_by(table.c.at)
+    from monitor.models import ProbeResult as R
+
+    q = select(R.started_at, R.failure_class, R.detail).where(R.outcome == "failed").order_by(R.started_at)
     if since:
-        q = q.where(table.c.at >= since.astimezone(timezone.utc).replace(tzinfo=None))
-    return [ProbeFailure(at if at.tzinfo else at.replace(tzinfo=timezone.utc), clean_line(what))
-            for at, what in session.execute(q)]
+        q = q.where(R.started_at >= since)
+    return [ProbeFailure(at, clean_line(f"{FAULT.get(cls, cls or '?')}: {detail or ''}".rstrip(": ")))
+            for at, cls, detail in session.execute(q)]
 
 
-def probe_table(session):
-    """The probe's table as the store has it (reflected), or None when there is none."""
-    from sqlalchemy import MetaData, Table, inspect
-
-    conn = session.connection()
-    if not inspect(conn).has_table(PROBE_TABLE):
-        return None
-    return Table(PROBE_TABLE, MetaData(), autoload_with=conn)
+FAULT = {"openai": "OpenAI's side", "user": "our key or account", "local": "our own network"}
 
 
 # ------------------------------------------------------------------------------------------------ reading
