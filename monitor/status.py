@@ -16,6 +16,7 @@ class Report:
     health: list = field(default_factory=list)      # verdict.PageHealth per configured page
     polled: list = field(default_factory=list)      # poll.PageResult of the pages polled just now
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    leader: dict | None = None           # db.current_leader(): who polls and delivers, and its last poll
 
 
 class StatusFailure(Exception):
@@ -30,8 +31,9 @@ def read(settings, reader) -> Report:
 
     with db.transaction(reader) as s:
         incidents, health = h.status_inputs(s, settings)
+    leader = db.current_leader(reader)
     now = datetime.now(timezone.utc)
-    return Report(decide(incidents, health, now), health, [], now)
+    return Report(decide(incidents, health, now), health, [], now, leader)
 
 
 def gather(settings_factory, engine_factory, rules_factory) -> Report:
@@ -76,7 +78,7 @@ def gather(settings_factory, engine_factory, rules_factory) -> Report:
 
 def failure_json(message: str) -> dict:
     return {"verdict": "unknown", "exit_code": 3, "reason": message, "incidents": [], "checked_at": None,
-            "pages": [], "checklist": []}
+            "pages": [], "checklist": [], "leader": None}
 
 
 def to_json(r: Report) -> dict:
@@ -95,7 +97,8 @@ def to_json(r: Report) -> dict:
                        "polled_now": any(x.page == p.name for x in r.polled),
                        "skipped": skipped.get(p.name)}
                       for p in r.health],
-            "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+            "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else [],
+            "leader": r.leader}
 
 
 def to_text(r: Report) -> str:
@@ -127,6 +130,11 @@ def to_text(r: Report) -> str:
         if p.name in skipped:
             line += f"; not polled now: {skipped[p.name]}"
         lines.append(line)
+    if r.leader:
+        ld = r.leader
+        polled = f"{ld['last_poll_at'].replace('T', ' ')[:19]} UTC" if ld["last_poll_at"] else "none yet"
+        lines.append(f"Leader: {ld['host']} pid {ld['pid']} (monitor {ld['command']}) since "
+                     f"{ld['since'].replace('T', ' ')[:19]} UTC, last poll {polled}")
     if v.verdict == "troubleshoot-locally":
         lines.append("Local checklist:")
         lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
