@@ -143,14 +143,12 @@ def poll(c: Ctx, pages):
     from monitor.poll import poll_all
 
     settings, engine = c.settings, c.engine()
-    lock = db.LeaderLock(settings.database_url(), "poll")
+    lock = db.LeaderLock(settings.database_url())
     try:
         if lock.hold():
-            lock.take_over(engine)
+            lock.take_over(engine, service=False)
         results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None))
         deliver_due(settings, engine)
-        if lock.leading:
-            db.note_poll(engine)
     finally:
         lock.release()
     for r in results:

@@ -137,8 +137,8 @@ class LeaderLock:
     exclusive `flock` on a file beside the store, which the kernel releases when the process dies. Either is
     tried without waiting; a process that does not get it stands by and tries again on its next `hold()`."""
 
-    def __init__(self, url: str, command: str):
-        self.url, self.command = url, command
+    def __init__(self, url: str):
+        self.url = url
         self._conn = None      # PostgreSQL: the connection holding the lock
         self._fd: int | None = None   # SQLite: the locked file
         self.leading = False
@@ -198,9 +198,9 @@ class LeaderLock:
             except Exception:
                 pass
 
-    def take_over(self, engine: Engine) -> int:
-        """Done once by each new leader: name itself in the leader row, and make every outbox row that an
-        earlier process had leased (and died with) due now. Returns the number of such rows."""
+    def take_over(self, engine: Engine, *, service: bool) -> int:
+        """Done once by each new leader: make every outbox row that an earlier process had leased (and died
+        with) due now, and, for a service, name itself in the leader row. Returns the number of such rows."""
         import socket
         from datetime import datetime, timezone
 
@@ -210,8 +210,9 @@ class LeaderLock:
 
         now = datetime.now(timezone.utc)
         with transaction(engine) as s:
-            s.merge(Leader(id=1, token=PROCESS_TOKEN, host=socket.gethostname(), pid=os.getpid(),
-                           command=self.command, since=now, last_poll_at=None))
+            if service:
+                s.merge(Leader(id=1, token=PROCESS_TOKEN, host=socket.gethostname(), pid=os.getpid(), since=now,
+                                last_poll_at=None))
             return s.execute(update(Outbox)
                              .where(Outbox.state == "pending", Outbox.leased_by.is_not(None),
                                     Outbox.leased_by != PROCESS_TOKEN)
@@ -219,7 +220,7 @@ class LeaderLock:
 
 
 def note_poll(engine: Engine) -> None:
-    """The leader polled just now (shown by `monitor status`)."""
+    """The leading service polled just now (shown by `monitor status`)."""
     from datetime import datetime, timezone
 
     from sqlalchemy import update
@@ -232,7 +233,7 @@ def note_poll(engine: Engine) -> None:
 
 
 def current_leader(engine: Engine) -> dict | None:
-    """The leader as it last named itself: host, pid, command, since and last_poll_at (ISO 8601 UTC)."""
+    """The service that leads, as it last named itself: host, pid, since and last_poll_at (ISO 8601 UTC)."""
     from sqlalchemy import select
 
     from monitor.models import Leader
@@ -242,7 +243,7 @@ def current_leader(engine: Engine) -> dict | None:
         row = s.scalars(select(Leader).where(Leader.id == 1)).one_or_none()
     if row is None:
         return None
-    return {"host": row.host, "pid": row.pid, "command": row.command, "since": iso_z(row.since),
+    return {"host": row.host, "pid": row.pid, "since": iso_z(row.since),
             "last_poll_at": iso_z(row.last_poll_at)}
 
 

@@ -183,14 +183,14 @@ class Delivery(Base):
 
 
 class Leader(Base):
-    """The one process that polls and delivers (one row, id 1): who it is, since when, and its last poll.
-    Written by each new leader; the lock that makes it leader is held elsewhere (see db.LeaderLock)."""
+    """The `monitor run` that polls and delivers (one row, id 1): who it is, since when, and its last poll.
+    Written by each service that becomes leader; the lock that makes it leader is held elsewhere (see
+    db.LeaderLock)."""
 
     __tablename__ = "leader"
     id: Mapped[int] = mapped_column(primary_key=True)
     token: Mapped[str] = mapped_column(Text)           # unique per process: outbox.leased_by of its sends
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
-    command: Mapped[str] = mapped_column(Text)         # run | poll
     since: Mapped[datetime] = mapped_column(UTC)
     last_poll_at: Mapped[datetime | None] = mapped_column(UTC)

@@ -240,7 +240,7 @@ class Service:
             return
         if now_leading and not was:
             try:
-                _, fut = in_daemon_thread(self.lock.take_over, self.engine)
+                _, fut = in_daemon_thread(lambda: self.lock.take_over(self.engine, service=True))
                 released = await fut
             except asyncio.CancelledError:
                 self.lock.release()
@@ -307,7 +307,7 @@ class Service:
             loop.add_signal_handler(sig, self.stop, sig)
         sched = self.sched = AsyncIOScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-        self.lock = LeaderLock(self.settings.database_url(), "run")
+        self.lock = LeaderLock(self.settings.database_url())
         await self.lead()
         now = datetime.now(timezone.utc)
         async with client() as http:

@@ -133,7 +133,7 @@ def to_text(r: Report) -> str:
     if r.leader:
         ld = r.leader
         polled = f"{ld['last_poll_at'].replace('T', ' ')[:19]} UTC" if ld["last_poll_at"] else "none yet"
-        lines.append(f"Leader: {ld['host']} pid {ld['pid']} (monitor {ld['command']}) since "
+        lines.append(f"Leader: {ld['host']} pid {ld['pid']} since "
                      f"{ld['since'].replace('T', ' ')[:19]} UTC, last poll {polled}")
     if v.verdict == "troubleshoot-locally":
         lines.append("Local checklist:")
