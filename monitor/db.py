@@ -24,11 +24,13 @@ BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL advisory lock keys (one 64-bit space per database): around migrations, and the leader's.
 MIGRATION_LOCK_KEY = 0x6F73_6D00_0001
 LEADER_LOCK_KEY = 0x6F73_6D00_0002
-# The leader's connection: a dead peer (host gone, cable pulled) is noticed in about 10 + 3 * 5 = 25 s on
-# both ends (libpq's keepalives here, the server's through the session settings), so the server releases
-# the leader lock and a standby takes over.
-PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-                 "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"}
+# A dead peer (host gone, cable pulled) is noticed in about 10 + 3 * 5 = 25 s: libpq's keepalives on every
+# connection, and on the leader's also the server's (session settings), so that the server releases the
+# leader lock and a standby takes over. (The leader's connection must reach PostgreSQL itself, not a
+# transaction-pooling proxy: a session-level lock lives in its session.)
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+PG_LEADER_CONNECT = {**PG_KEEPALIVES,
+                     "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"}
 # Who this process is in outbox.leased_by and leader.token.
 PROCESS_TOKEN = uuid.uuid4().hex
 
@@ -171,7 +173,7 @@ class LeaderLock:
             return True         # an in-memory SQLite store belongs to this process alone
         from sqlalchemy.pool import NullPool
 
-        eng = create_engine(self.url, poolclass=NullPool, connect_args=PG_KEEPALIVES)
+        eng = create_engine(self.url, poolclass=NullPool, connect_args=PG_LEADER_CONNECT)
         conn = eng.connect().execution_options(isolation_level="AUTOCOMMIT")
         if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK_KEY}).scalar():
             self._conn = conn
@@ -204,7 +206,7 @@ class LeaderLock:
         import socket
         from datetime import datetime, timezone
 
-        from sqlalchemy import update
+        from sqlalchemy import select, update
 
         from monitor.models import Leader, Outbox
 
@@ -213,10 +215,10 @@ class LeaderLock:
             if service:
                 s.merge(Leader(id=1, token=PROCESS_TOKEN, host=socket.gethostname(), pid=os.getpid(), since=now,
                                 last_poll_at=None))
-            return s.execute(update(Outbox)
-                             .where(Outbox.state == "pending", Outbox.leased_by.is_not(None),
-                                    Outbox.leased_by != PROCESS_TOKEN)
-                             .values(next_attempt_at=now, leased_by=None)).rowcount
+            leased = (Outbox.state == "pending", Outbox.leased_by.is_not(None), Outbox.leased_by != PROCESS_TOKEN)
+            if s.scalars(select(Outbox.id).where(*leased).limit(1)).first() is None:
+                return 0     # nothing to write (a read-only store stays readable for a poll to report it)
+            return s.execute(update(Outbox).where(*leased).values(next_attempt_at=now, leased_by=None)).rowcount
 
 
 def note_poll(engine: Engine) -> None:

@@ -125,3 +125,39 @@ def test_concurrent_first_migrations_do_not_collide(store_url):
     errors = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors
     assert db.current_revision(db.make_engine(url)) == db.HEAD_REVISION
+
+
+def test_one_leader_lock_at_a_time(store_url):
+    """Two would-be leaders on one store (each as a `monitor run` holds it): one gets it, the other does
+    not until the first lets go."""
+    first, second = db.LeaderLock(store_url), db.LeaderLock(store_url)
+    try:
+        assert first.hold() is True
+        assert second.hold() is False
+        assert first.hold() is True and second.hold() is False       # kept, and still refused
+        first.release()
+        assert second.hold() is True and first.hold() is False
+    finally:
+        first.release()
+        second.release()
+
+
+def test_a_leader_whose_session_dies_knows_it(pg_url, caplog):
+    """The server ends the leader's session (a restart, a keepalive timeout): its next hold() says it no
+    longer leads, with one warning, and a standby gets the lock. The session has the server-side keepalives."""
+    leader, standby = db.LeaderLock(pg_url), db.LeaderLock(pg_url)
+    admin = db.make_engine(pg_url)
+    try:
+        assert leader.hold()
+        with admin.connect() as c:
+            pid = leader._conn.execute(text("select pg_backend_pid()")).scalar()
+            assert leader._conn.execute(text("show tcp_keepalives_idle")).scalar() == "10"
+            assert not standby.hold()
+            c.execute(text("select pg_terminate_backend(:p)"), {"p": pid})
+        assert leader.hold() is False
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == ["lost the leader lock"]
+        assert standby.hold() is True
+    finally:
+        leader.release()
+        standby.release()
+        admin.dispose()
