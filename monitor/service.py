@@ -175,13 +175,14 @@ class Service:
             at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
             self.outcomes[name] = f"{result.summary()} (at {at})"
             (log.info if result.ok or result.skipped else log.warning)("poll %s", result.summary())
-            from monitor.db import note_poll
-
-            note_poll(self.engine)
             sd_notify("STATUS=" + " | ".join(self.outcomes[p.name] for p in self.settings.pages
                                               if p.name in self.outcomes))
             if result.queued:
                 self.spawn(self.deliver())
+            if result.ok:             # the leader's last poll, for `monitor status`
+                from monitor.db import note_poll
+
+                note_poll(self.engine)
         except asyncio.CancelledError:
             log.info("poll of %s abandoned: shutting down (nothing of it was stored)", name)
         except Exception as exc:  # a bug must not kill the service; it shows in the log and in `status`
