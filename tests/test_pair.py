@@ -21,7 +21,7 @@ from notify_servers import HTTPServer
 from replay import IncidentIoPage, ReplayServer, incidentio_incidents
 from test_service import BEFORE, INCIDENT_FILE_PROCESSING, STEPS, Monitor, assert_clean_log, monitor_command
 
-WINDOW = 6.0          # seconds over which page requests are counted
+WINDOW = 10.0         # seconds over which page requests are counted
 TAKEOVER = r"INFO monitor\.service: leading\b.*: this process polls and delivers now$"
 STANDBY = r"INFO monitor\.service: standing by: "
 
