@@ -2,10 +2,14 @@
 
 It uses its own engine without foreign_keys=ON, so batch (table-copy) migrations keep child rows. On SQLite
 the whole upgrade runs in one transaction (SQLite's DDL is transactional once pysqlite stops issuing its own
-COMMITs), so a process killed during a migration leaves the previous schema, not half of the new one."""
+COMMITs), so a process killed during a migration leaves the previous schema, not half of the new one.
+On PostgreSQL the transaction first takes an advisory lock (`pg_advisory_xact_lock`, released at its end):
+processes starting at once on an empty database migrate one after the other, and the later ones find the
+schema already there."""
 from alembic import context
-from sqlalchemy import create_engine, event, pool
+from sqlalchemy import create_engine, event, pool, text
 
+from monitor.db import MIGRATION_LOCK_KEY
 from monitor.models import Base
 
 config = context.config
@@ -36,6 +40,8 @@ def run() -> None:
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
                           transactional_ddl=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             context.run_migrations()
         connection.commit()
     engine.dispose()

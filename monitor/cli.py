@@ -134,16 +134,23 @@ def cli(ctx, config_path):
 def poll(c: Ctx, pages):
     """Poll every configured page once, store what changed, deliver messages, then exit.
 
-    Exits 0 when at least one source of every page answered."""
+    While no `monitor run` leads, this process leads for its duration: messages a killed process had claimed
+    are sent at once. Exits 0 when at least one source of every page answered."""
     import asyncio
 
+    from monitor import db
+    from monitor.notify.deliver import deliver_due
     from monitor.poll import poll_all
 
     settings, engine = c.settings, c.engine()
-    results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None))
-    from monitor.notify.deliver import deliver_due
-
-    deliver_due(settings, engine)
+    lock = db.LeaderLock(settings.database_url())
+    try:
+        if lock.hold():
+            lock.take_over(engine, service=False)
+        results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None))
+        deliver_due(settings, engine)
+    finally:
+        lock.release()
     for r in results:
         if r.ok:
             click.echo(r.summary())

@@ -1,10 +1,13 @@
-"""Tables of the store. Every schema change goes through a migration in migrations/versions."""
+"""Tables of the store. Every schema change goes through a migration in migrations/versions.
+
+Text, never VARCHAR(n), for what a page or a config sends: PostgreSQL enforces lengths that SQLite ignores,
+and a long component name must not fail a poll on one of them only."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 from sqlalchemy import (
-    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
+    Boolean, DateTime, ForeignKey, Index, Integer, Text, TypeDecorator, UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -35,9 +38,9 @@ class Page(Base):
 
     __tablename__ = "pages"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    base_url: Mapped[str] = mapped_column(String(500))
-    kind: Mapped[str | None] = mapped_column(String(20))          # statuspage | incidentio
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    base_url: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(Text)          # statuspage | incidentio
     first_poll_at: Mapped[datetime | None] = mapped_column(UTC)
     last_poll_at: Mapped[datetime | None] = mapped_column(UTC)
     last_success_at: Mapped[datetime | None] = mapped_column(UTC)
@@ -54,10 +57,10 @@ class SourceState(Base):
     __table_args__ = (UniqueConstraint("page_id", "path"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
-    path: Mapped[str] = mapped_column(String(500))
-    etag: Mapped[str | None] = mapped_column(String(500))
-    last_modified: Mapped[str | None] = mapped_column(String(100))
-    body_hash: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(Text)
+    last_modified: Mapped[str | None] = mapped_column(Text)
+    body_hash: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[datetime | None] = mapped_column(UTC)
     last_error: Mapped[str | None] = mapped_column(Text)
 
@@ -69,10 +72,10 @@ class Component(Base):
     __table_args__ = (UniqueConstraint("page_id", "key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(100))                 # the page's component id, or the name
-    name: Mapped[str] = mapped_column(String(300))
-    group_name: Mapped[str | None] = mapped_column(String(300))
-    status: Mapped[str | None] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(Text)                 # the page's component id, or the name
+    name: Mapped[str] = mapped_column(Text)
+    group_name: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(Text)
 
 
 class Incident(Base):
@@ -84,17 +87,17 @@ class Incident(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
-    page_incident_id: Mapped[str] = mapped_column(String(100))
+    page_incident_id: Mapped[str] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text, default="")
     url: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20), default="investigating")
-    impact: Mapped[str] = mapped_column(String(20), default="none")
+    status: Mapped[str] = mapped_column(Text, default="investigating")
+    impact: Mapped[str] = mapped_column(Text, default="none")
     started_at: Mapped[datetime | None] = mapped_column(UTC)
     resolved_at: Mapped[datetime | None] = mapped_column(UTC)
     page_updated_at: Mapped[datetime | None] = mapped_column(UTC)
     first_seen_at: Mapped[datetime] = mapped_column(UTC)
     last_seen_at: Mapped[datetime] = mapped_column(UTC)
-    sources: Mapped[str] = mapped_column(String(200), default="")     # comma list of the sources that showed it
+    sources: Mapped[str] = mapped_column(Text, default="")     # comma list of the sources that showed it
     timeline_complete: Mapped[bool] = mapped_column(Boolean, default=False)
 
     page: Mapped[Page] = relationship(lazy="joined")
@@ -109,11 +112,11 @@ class Update(Base):
     __table_args__ = (Index("ix_updates_incident", "incident_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
-    page_update_id: Mapped[str | None] = mapped_column(String(100))
-    status: Mapped[str | None] = mapped_column(String(20))
+    page_update_id: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text, default="")
     published_at: Mapped[datetime | None] = mapped_column(UTC)
-    source: Mapped[str] = mapped_column(String(20))                    # api | feed | proxy | ...
+    source: Mapped[str] = mapped_column(Text)                    # api | feed | proxy | ...
     first_seen_at: Mapped[datetime] = mapped_column(UTC)
     incident: Mapped[Incident] = relationship(back_populates="updates")
 
@@ -125,9 +128,9 @@ class IncidentComponent(Base):
     __table_args__ = (UniqueConstraint("incident_id", "key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(100))
-    name: Mapped[str] = mapped_column(String(300))
-    impact: Mapped[str | None] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    impact: Mapped[str | None] = mapped_column(Text)
 
 
 class Tag(Base):
@@ -137,9 +140,9 @@ class Tag(Base):
     __table_args__ = (UniqueConstraint("incident_id", "tag"), Index("ix_tags_tag", "tag"))
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
-    tag: Mapped[str] = mapped_column(String(100))
-    rule: Mapped[str] = mapped_column(String(200))
-    field: Mapped[str] = mapped_column(String(20))
+    tag: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(Text)
+    field: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
 
 
@@ -153,16 +156,17 @@ class Outbox(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="SET NULL"))
-    notifier: Mapped[str] = mapped_column(String(100))
-    event: Mapped[str] = mapped_column(String(20))                    # opened | updated | resolved | test
-    dedupe_key: Mapped[str] = mapped_column(String(300))
+    notifier: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(Text)                    # opened | updated | resolved | test
+    dedupe_key: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)                         # JSON snapshot of what the message says
-    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed
+    state: Mapped[str] = mapped_column(Text, default="pending")  # pending | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTC)
     next_attempt_at: Mapped[datetime] = mapped_column(UTC)
     sent_at: Mapped[datetime | None] = mapped_column(UTC)
     last_error: Mapped[str | None] = mapped_column(Text)
+    leased_by: Mapped[str | None] = mapped_column(Text)                # token of the process sending it now
 
 
 class Delivery(Base):
@@ -178,6 +182,20 @@ class Delivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class Leader(Base):
+    """The `monitor run` that polls and delivers (one row, id 1): who it is, since when, and its last poll.
+    Written by each service that becomes leader; the lock that makes it leader is held elsewhere (see
+    db.LeaderLock)."""
+
+    __tablename__ = "leader"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(Text)           # unique per process: outbox.leased_by of its sends
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    since: Mapped[datetime] = mapped_column(UTC)
+    last_poll_at: Mapped[datetime | None] = mapped_column(UTC)
+
+
 class ProbeResult(Base):
     """One probe of the OpenAI Files API: its outcome, whose fault a failure was, and each step's latency
     and HTTP status (null when the step was not reached or got no answer). Never holds the key."""
@@ -187,9 +205,9 @@ class ProbeResult(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTC)
     finished_at: Mapped[datetime] = mapped_column(UTC)                 # when the result was known
-    outcome: Mapped[str] = mapped_column(String(10))                   # ok | failed
-    failure_class: Mapped[str | None] = mapped_column(String(10))      # openai | user | local
-    step: Mapped[str | None] = mapped_column(String(20))               # the step that failed
+    outcome: Mapped[str] = mapped_column(Text)                   # ok | failed
+    failure_class: Mapped[str | None] = mapped_column(Text)      # openai | user | local
+    step: Mapped[str | None] = mapped_column(Text)               # the step that failed
     detail: Mapped[str | None] = mapped_column(Text)                   # one line, e.g. "upload: HTTP 503 ..."
     upload_ms: Mapped[int | None] = mapped_column(Integer)
     upload_status: Mapped[int | None] = mapped_column(Integer)
@@ -212,7 +230,7 @@ class ProbeOutage(Base):
     last_failure_at: Mapped[datetime] = mapped_column(UTC)
     consecutive: Mapped[int] = mapped_column(Integer, default=0)       # OpenAI-side failures in a row, now
     failures: Mapped[int] = mapped_column(Integer, default=0)          # all OpenAI-side failures in it
-    statuses: Mapped[str] = mapped_column(String(200), default="")     # HTTP statuses seen, e.g. "500,503"
+    statuses: Mapped[str] = mapped_column(Text, default="")     # HTTP statuses seen, e.g. "500,503"
     detail: Mapped[str | None] = mapped_column(Text)                   # the latest failure, one line
     warned_at: Mapped[datetime | None] = mapped_column(UTC)            # early warning queued
     ended_at: Mapped[datetime | None] = mapped_column(UTC)             # the next good probe

@@ -1,5 +1,9 @@
 """`monitor run`: the long-running service.
 
+* One leader among any number of `monitor run` on one store (db.LeaderLock: a PostgreSQL advisory lock, a
+  lock file beside a SQLite store): only the leader polls and delivers. The others stand by (logged once),
+  try again every poll interval, and the first to get the lock after the leader died takes over: it delivers
+  at once what the dead leader had claimed, and polls at once. Takeover within two poll intervals.
 * APScheduler 3 (asyncio) polls each page on its interval with a little jitter; never two polls of one page
   at once (max_instances=1); runs missed during a suspend are coalesced into one, however late.
 * Messages a poll queued are delivered at once, in a task of their own (a slow channel never holds up the
@@ -151,7 +155,11 @@ class Service:
         self.stopping = asyncio.Event()
         self.delivering = False
         self.deliver_again = False
-        self.leading = True
+        self.leading = False        # this process is the leader: its poll jobs, deliveries and probes do their work
+        self.lock = None            # db.LeaderLock, made in run()
+        self.sched = None
+        self.standby_logged = False
+        self.took_over = ""
         self.prober = None
 
     # -- jobs ------------------------------------------------------------------------------------------
@@ -165,6 +173,8 @@ class Service:
         task = asyncio.current_task()
         self.polls.add(task)
         try:
+            if not self.leading:      # standing by: the leader polls
+                return
             ps = self.settings.page(name)
             result = await poll_page(self.settings, ps, self.engine, self.http, self.rules)
             if self.web:
@@ -176,6 +186,10 @@ class Service:
                                               if p.name in self.outcomes))
             if result.queued:
                 self.spawn(self.deliver())
+            if result.ok:             # the leader's last poll, for `monitor status`
+                from monitor.db import note_poll
+
+                note_poll(self.engine)
         except asyncio.CancelledError:
             log.info("poll of %s abandoned: shutting down (nothing of it was stored)", name)
         except Exception as exc:  # a bug must not kill the service; it shows in the log and in `status`
@@ -207,6 +221,8 @@ class Service:
 
     async def deliver(self) -> None:
         """Send what is due. One delivery at a time; a request made while one runs makes it go round again."""
+        if not self.leading:
+            return
         if self.delivering:
             self.deliver_again = True
             return
@@ -233,6 +249,58 @@ class Service:
             self.delivering = False
             self.tasks.discard(task)
 
+    async def lead(self) -> None:
+        """Keep or take the leader lock (a job every poll interval). On taking it: take over the outbox rows
+        a dead leader had claimed, deliver what is due and poll every page now."""
+        if self.stopping.is_set():
+            return
+        from monitor.db import current_leader, transaction
+
+        was = self.leading
+        _, fut = in_daemon_thread(self.lock.hold)
+        try:
+            now_leading = await fut
+        except asyncio.CancelledError:
+            return
+        if now_leading and not was:
+            try:
+                _, fut = in_daemon_thread(lambda: self.lock.take_over(self.engine, service=True))
+                released = await fut
+            except asyncio.CancelledError:
+                self.lock.release()
+                return
+            except Exception as exc:      # the store is unreachable: let go, try again next time
+                log.error("cannot take over as leader: %s: %s", type(exc).__name__, exc)
+                self.lock.release()
+                return
+            self.leading = True
+            self.took_over = "leading" + (
+                f"; {released} message(s) a previous leader had claimed are due now" if released else "")
+            self.spawn(self.deliver())
+            if self.sched.running:        # a standby taking over (at start, run() logs it and polls anyway)
+                log.info("%s: this process polls and delivers now", self.took_over)
+                at = datetime.now(timezone.utc)
+                for i, p in enumerate(self.settings.pages):
+                    self.sched.modify_job(f"poll:{p.name}", next_run_time=at + timedelta(seconds=0.2 * i))
+        elif was and not now_leading:
+            self.leading = False
+            log.warning("no longer the leader: standing by")
+        elif not now_leading and not self.standby_logged:
+            self.standby_logged = True
+            try:
+                with transaction(self.engine) as s:
+                    who = current_leader(s)
+            except Exception:
+                who = None
+            who = f"{who['host']} pid {who['pid']} leads since {who['since']}" if who else "another process leads"
+            log.info("standing by: %s; trying to take over every %g s", who, self.lead_interval())
+            sd_notify(f"STATUS=standing by: {who}")
+        if now_leading:
+            self.standby_logged = False
+
+    def lead_interval(self) -> float:
+        return min(p.poll_interval for p in self.settings.pages)
+
     def healthy(self) -> bool:
         """Every page's poll loop has completed an attempt recently (a hung loop stops the watchdog pings;
         a status page that is down is not our fault and does not)."""
@@ -256,16 +324,20 @@ class Service:
     async def run(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+        from monitor.db import LeaderLock
         from monitor.sources.http import client
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, sig)
-        sched = AsyncIOScheduler(timezone=timezone.utc, job_defaults={
+        sched = self.sched = AsyncIOScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self.lock = LeaderLock(self.settings.database_url())
+        await self.lead()
         now = datetime.now(timezone.utc)
         async with client() as http:
             self.http = http
+            sched.add_job(self.lead, "interval", id="lead", name="lead", seconds=self.lead_interval())
             for i, p in enumerate(self.settings.pages):
                 sched.add_job(self.poll_job, "interval", args=[p.name], id=f"poll:{p.name}", name=f"poll {p.name}",
                               seconds=p.poll_interval, jitter=min(5.0, p.poll_interval * 0.1),
@@ -287,12 +359,13 @@ class Service:
                 self.web = WebServer(self.settings)
                 await self.web.start()
             sched.start()
-            sd_notify("READY=1", "STATUS=started; first poll under way")
-            log.info("running: %s; messages to %s%s%s",
+            sd_notify("READY=1", "STATUS=started; " + ("first poll under way" if self.leading else "standing by"))
+            log.info("running: %s; messages to %s%s%s; %s",
                      ", ".join(f"{p.name} every {p.poll_interval:g} s" for p in self.settings.pages),
                      ", ".join(n.name for n in self.settings.notifiers) or "the log",
                      f"; probe of the Files API every {self.settings.probe.interval:g} s" if self.prober else "",
-                     f"; watchdog ping every {wd:g} s" if wd else "")
+                     f"; watchdog ping every {wd:g} s" if wd else "",
+                     self.took_over if self.leading else "standing by")
             await self.stopping.wait()
             sd_notify("STOPPING=1", "STATUS=stopping")
             sched.pause()
@@ -302,6 +375,7 @@ class Service:
                 await self.web.stop()
             if self.prober:
                 await self.prober.close()
+        self.lock.release()
         log.info("stopped")
 
     async def _wind_down(self) -> None:

@@ -17,6 +17,7 @@ class Report:
     polled: list = field(default_factory=list)      # poll.PageResult of the pages polled just now
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     probe: object = None                             # verdict.ProbeHealth, None without [probe]
+    leader: dict | None = None           # db.current_leader(): who polls and delivers, and its last poll
 
 
 class StatusFailure(Exception):
@@ -33,13 +34,15 @@ def read(settings, reader) -> Report:
 
 def from_session(session, settings) -> Report:
     """The store-only verdict inside a transaction the caller holds (the web page reads more in the same one)."""
+    from monitor import db
     from monitor import history as h
     from monitor.verdict import decide
 
     incidents, health = h.status_inputs(session, settings)
     probe = h.probe_health(session, settings)
+    leader = db.current_leader(session)
     now = datetime.now(timezone.utc)
-    return Report(decide(incidents, health, now, probe), health, [], now, probe)
+    return Report(decide(incidents, health, now, probe), health, [], now, probe, leader)
 
 
 def gather(settings_factory, engine_factory, rules_factory) -> Report:
@@ -84,7 +87,7 @@ def gather(settings_factory, engine_factory, rules_factory) -> Report:
 
 def failure_json(message: str) -> dict:
     return {"verdict": "unknown", "exit_code": 3, "reason": message, "incidents": [], "checked_at": None,
-            "pages": [], "checklist": []}
+            "pages": [], "checklist": [], "leader": None}
 
 
 def to_json(r: Report) -> dict:
@@ -103,7 +106,8 @@ def to_json(r: Report) -> dict:
                       "polled_now": any(x.page == p.name for x in r.polled),
                       "skipped": skipped.get(p.name)}
                      for p in r.health],
-           "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else []}
+           "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else [],
+           "leader": r.leader}
     if r.probe is not None:     # only with [probe] configured
         out["probe"] = _probe_json(r.probe, now)
     return out
@@ -164,6 +168,11 @@ def to_text(r: Report, checklist: bool = True) -> str:
         if p.name in skipped:
             line += f"; not polled now: {skipped[p.name]}"
         lines.append(line)
+    if r.leader:
+        ld = r.leader
+        polled = f"{ld['last_poll_at'].replace('T', ' ')[:19]} UTC" if ld["last_poll_at"] else "none yet"
+        lines.append(f"Leader: {ld['host']} pid {ld['pid']} since "
+                     f"{ld['since'].replace('T', ' ')[:19]} UTC, last poll {polled}")
     if r.probe is not None:
         lines.append(_probe_text(r.probe, now))
     if checklist and v.verdict == "troubleshoot-locally":

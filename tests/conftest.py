@@ -1,7 +1,10 @@
-"""Shared fixtures: a replay status-page server over real HTTP on 127.0.0.1."""
+"""Shared fixtures: a replay status-page server over real HTTP on 127.0.0.1; a PostgreSQL server of the
+tests' own (one per xdist worker, a fresh database per test); `store_url` runs a test on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -53,3 +56,40 @@ def incidentio_page():
 def incidentio_replay(incidentio_page):
     with ReplayServer(incidentio_page) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A PostgreSQL server started for this test session. Without PostgreSQL's binaries the tests that need
+    it skip, saying so, except under CI=true where they fail."""
+    import pg
+
+    bin_dir = pg.bindir()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; CI requires it")
+        pytest.skip(reason)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("psycopg is not installed; CI requires it")
+        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
+    cluster = pg.Cluster(bin_dir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """The URL of an empty store: a SQLite file in tmp_path, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/m.db"
+    return request.getfixturevalue("pg_url")

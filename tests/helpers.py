@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from monitor.cli import cli
 
 
-def write_config(tmp_path: Path, pages: dict[str, str], extra: str = "", db: str = "m.db", **page_opts) -> Path:
-    """A config watching `pages` (name -> base_url), with its SQLite store in tmp_path."""
-    lines = [f'[database]\nurl = "sqlite:///{tmp_path / db}"\n']
+def write_config(tmp_path: Path, pages: dict[str, str], extra: str = "", db: str = "m.db", url: str | None = None,
+                 **page_opts) -> Path:
+    """A config watching `pages` (name -> base_url), with its SQLite store in tmp_path (or the store `url`)."""
+    lines = [f'[database]\nurl = "{url or f"sqlite:///{tmp_path / db}"}"\n']
     for name, url in pages.items():
         lines.append(f'[[pages]]\nname = "{name}"\nbase_url = "{url}"\nproxy_host = "status.openai.com"')
         for k, v in page_opts.items():
@@ -41,3 +42,16 @@ def db_rows(path: Path, sql: str, *params):
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
+
+
+def store_rows(url: str, sql: str, **params) -> list[tuple]:
+    """Rows of `sql` from the store at `url` (SQLite or PostgreSQL), read in a connection of its own."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    eng = create_engine(url, poolclass=NullPool)
+    try:
+        with eng.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params)]
+    finally:
+        eng.dispose()

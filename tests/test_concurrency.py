@@ -1,7 +1,8 @@
-"""Readers and the writer on one SQLite store, and a store that cannot be written.
+"""Readers and the writer on one store, and a store that cannot be written.
 
 - `monitor history` and `monitor status` in loops, and a read transaction held open, while `monitor run`
-  polls every second: no "database is locked", and the daemon's polls keep completing.
+  polls every second: no "database is locked", and the daemon's polls keep completing (SQLite and
+  PostgreSQL).
 - A full disk (a real tmpfs filled up) under `monitor run`: a clear one-line error per poll, nothing
   half-written, the service keeps retrying and catches up once there is room again.
 - A read-only store (an immutable file; a read-only filesystem): a clear one-line error, nothing written,
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import faults_report
-from helpers import db_rows, run, write_config
+from helpers import db_rows, run, store_rows, write_config
 from replay import ReplayServer, StatuspagePage
 
 MONITOR = str(Path(sys.executable).with_name("monitor"))
@@ -83,11 +84,24 @@ def snapshot(db: Path) -> dict:
 
 # ------------------------------------------------------------------------------------ readers vs writer
 
-def test_readers_never_see_locked_and_never_block_the_daemon(tmp_path, openai_history):
+def hold_a_snapshot(url: str):
+    """A reader in another connection that opens a transaction, reads, and keeps its snapshot."""
+    if url.startswith("sqlite"):
+        held = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30)
+        held.execute("BEGIN")
+    else:
+        import psycopg
+
+        held = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        held.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    held.execute("select count(*) from incidents").fetchall()
+    return held
+
+
+def test_readers_never_see_locked_and_never_block_the_daemon(tmp_path, openai_history, store_url):
     start = datetime(2024, 3, 1, tzinfo=UTC)
     with ReplayServer(StatuspagePage(openai_history, api_limit=20, feed_limit=20), now=start) as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url}, poll_interval=1)
-        db = tmp_path / "m.db"
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url, poll_interval=1)
         stop = threading.Event()
 
         def advance():                     # the page keeps publishing: every poll has something to write
@@ -99,9 +113,7 @@ def test_readers_never_see_locked_and_never_block_the_daemon(tmp_path, openai_hi
         try:
             assert daemon.wait_for(lambda ls: polls(ls) >= 1, 60), daemon.text
             ticker.start()
-            held = sqlite3.connect(db, timeout=30)     # a reader that keeps its snapshot open for 2.5 s
-            held.execute("BEGIN")
-            held.execute("select count(*) from incidents").fetchall()
+            held = hold_a_snapshot(store_url)           # a reader that keeps its snapshot open for 2.5 s
             reads, errors, successes = 0, [], []
             t_end = time.monotonic() + 5
             t_release = time.monotonic() + 2.5
@@ -112,7 +124,7 @@ def test_readers_never_see_locked_and_never_block_the_daemon(tmp_path, openai_hi
                     if "locked" in r.output or "Traceback" in r.output or r.exit_code not in (0, 1, 2, 3):
                         errors.append(r.output)
                     json.loads(r.stdout)
-                last = db_rows(db, "select last_success_at from pages where name = 'openai'")[0][0]
+                last = store_rows(store_url, "select last_success_at from pages where name = 'openai'")[0][0]
                 if not successes or successes[-1][1] != last:
                     successes.append((time.monotonic(), last))
                 if held is not None and time.monotonic() > t_release:
@@ -130,6 +142,8 @@ def test_readers_never_see_locked_and_never_block_the_daemon(tmp_path, openai_hi
     gaps = [b - a for (a, _), (b, _) in zip(successes, successes[1:])]
     assert len(successes) >= 3 and max(gaps) < 5, (successes, gaps)
     assert polls(daemon.lines, "failed") == 0, daemon.text
+    if not store_url.startswith("sqlite"):
+        return
     faults_report.record("store", "20", [
         "`readers-vs-run`",
         "`monitor history` and `monitor status` in a loop from another process, and a read transaction held "

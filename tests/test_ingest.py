@@ -1,12 +1,13 @@
 """Ingest end to end: the real CLI polling a real HTTP server that replays real incidents of both page kinds
-at a simulated time. Each test steps through an incident as it unfolded."""
+at a simulated time. Each test steps through an incident as it unfolded; the ones that exercise the store run
+on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from helpers import db_rows, history, run, write_config
+from helpers import db_rows, history, run, store_rows, write_config
 from replay import Fault, IncidentIoPage, ReplayServer, StatuspagePage, incidentio_incidents, load_history
 
 UTC = timezone.utc
@@ -19,42 +20,47 @@ def by_id(rows):
     return {r["id"]: r for r in rows}
 
 
-def updates(dbfile, incident_id):
-    return db_rows(dbfile, "select u.status, u.body, u.source from updates u join incidents i on i.id = u.incident_id "
-                           "where i.page_incident_id = ? order by u.published_at", incident_id)
+def _url(store) -> str:
+    """A store URL, or the path of a SQLite file."""
+    return store if isinstance(store, str) else f"sqlite:///{store}"
 
 
-def outbox(dbfile):
-    return db_rows(dbfile, "select dedupe_key, notifier, event, state from outbox order by id")
+def updates(store, incident_id):
+    return store_rows(_url(store), "select u.status, u.body, u.source from updates u join incidents i "
+                      "on i.id = u.incident_id where i.page_incident_id = :i order by u.published_at", i=incident_id)
+
+
+def outbox(store):
+    return store_rows(_url(store), "select dedupe_key, notifier, event, state from outbox order by id")
 
 
 # ---------------------------------------------------------------------------------------- Statuspage
 
 
-def test_statuspage_upload_incident_step_by_step(tmp_path, openai_history):
+def test_statuspage_upload_incident_step_by_step(tmp_path, openai_history, store_url):
     inc = next(i for i in openai_history if i.id == UPLOADS_2024)
     with ReplayServer(StatuspagePage(openai_history), now=inc.updates[0].at - timedelta(hours=1)) as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url)
         out = run(cfg, "poll").stdout
         assert out.startswith("openai: ok (")
         assert UPLOADS_2024 not in by_id(history(cfg, "--all"))
-        assert outbox(tmp_path / "m.db") == []  # the first poll's resolved history is not news
+        assert outbox(store_url) == []  # the first poll's resolved history is not news
         seen_keys = []
         for n, u in enumerate(inc.updates, 1):
             srv.now = u.at + timedelta(minutes=1)
             run(cfg, "poll")
             rows = by_id(history(cfg))
             assert rows[UPLOADS_2024]["status"] == u.status
-            assert [s for s, _, _ in updates(tmp_path / "m.db", UPLOADS_2024)] == [x.status for x in inc.updates[:n]]
-            keys = [k for k, *_ in outbox(tmp_path / "m.db")]
+            assert [s for s, _, _ in updates(store_url, UPLOADS_2024)] == [x.status for x in inc.updates[:n]]
+            keys = [k for k, *_ in outbox(store_url)]
             assert len(keys) == n, keys          # one message per step: opened, updated..., resolved
             seen_keys = keys
-        assert [e for _, _, e, _ in outbox(tmp_path / "m.db")] == (
+        assert [e for _, _, e, _ in outbox(store_url)] == (
             ["opened"] + ["updated"] * (len(inc.updates) - 2) + ["resolved"])
         # polling the same data again, or after a restart of the process, adds nothing
         run(cfg, "poll")
         run(cfg, "poll")
-        assert [k for k, *_ in outbox(tmp_path / "m.db")] == seen_keys
+        assert [k for k, *_ in outbox(store_url)] == seen_keys
         r = rows[UPLOADS_2024]
         assert r["title"] == "Elevated errors uploading files in ChatGPT"
         assert r["tags"] == ["file-upload"] and r["components"] == ["ChatGPT"]
@@ -62,9 +68,9 @@ def test_statuspage_upload_incident_step_by_step(tmp_path, openai_history):
         assert r["url"].endswith(f"/incidents/{UPLOADS_2024}")
 
 
-def test_history_json_contract_filters_and_order(tmp_path, openai_history):
+def test_history_json_contract_filters_and_order(tmp_path, openai_history, store_url):
     with ReplayServer(StatuspagePage(openai_history)) as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url)
         run(cfg, "poll")
     everything = history(cfg, "--all")
     assert len(everything) == 50                     # what incidents.json offers
@@ -111,22 +117,22 @@ def step_times(incident_id):
 
 
 @pytest.mark.parametrize("api_bodies", ["empty", "markdown", "missing"])
-def test_incidentio_incident_step_by_step(tmp_path, api_bodies):
+def test_incidentio_incident_step_by_step(tmp_path, api_bodies, store_url):
     inc, times = step_times(FILE_EXPIRED_ID)
     with io_server(api_bodies=api_bodies, now=times[0] - timedelta(hours=2)) as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url)
         run(cfg, "poll")
         for n, t in enumerate(times, 1):
             srv.now = t
             run(cfg, "poll")
-            stored = updates(tmp_path / "m.db", FILE_EXPIRED_ID)
+            stored = updates(store_url, FILE_EXPIRED_ID)
             assert [s for s, _, _ in stored] == [u.status for u in inc.updates[:n]]
             assert all(b.strip() for _, b, _ in stored), stored    # every text stored, whatever the API gave
-            assert len(outbox(tmp_path / "m.db")) == n
+            assert len(outbox(store_url)) == n
         # the feed restamps itself and rewrites component states: none of that is news
         for _ in range(3):
             run(cfg, "poll")
-        assert len(outbox(tmp_path / "m.db")) == len(times)
+        assert len(outbox(store_url)) == len(times)
         row = by_id(history(cfg))[FILE_EXPIRED_ID]
         assert row["status"] == "resolved" and "file-expired" in row["tags"]
         assert row["components"] == ["File uploads"] and row["impact"] == "major"
@@ -185,18 +191,18 @@ def test_incidentio_api_only(tmp_path):
         assert by_id(history(cfg))[FILE_PROCESSING_ID]["status"] == "resolved"
 
 
-def test_incidentio_backfill_reaches_older_incidents(tmp_path):
+def test_incidentio_backfill_reaches_older_incidents(tmp_path, store_url):
     with io_server(api_limit=1, feed_limit=1) as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url}, history_days=400)
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url, history_days=400)
         run(cfg, "poll")
         ids = {r["id"] for r in history(cfg, "--all")}
         assert ids == {i.id for i in incidentio_incidents()}   # the rest came through the windows
         windows = [p for _, p, _ in srv.requests if "/incidents?start_at=" in p]
         assert len(windows) == 5                                  # 400 days in windows of 90
-        assert outbox(tmp_path / "m.db") == []                    # history is not news
+        assert outbox(store_url) == []                    # history is not news
         out = run(cfg, "backfill").stdout
         assert out.startswith("openai: ok")
-        stored = updates(tmp_path / "m.db", FILE_EXPIRED_ID)
+        stored = updates(store_url, FILE_EXPIRED_ID)
         assert len(stored) == 4 and all(b for _, b, _ in stored)
 
 
@@ -210,9 +216,9 @@ def test_two_pages_one_failing_other_still_stored(tmp_path, anthropic_history):
         assert len(history(cfg, "--all", "--page", "anthropic")) == 50
 
 
-def test_show_timeline_components_and_tag_reason(tmp_path):
+def test_show_timeline_components_and_tag_reason(tmp_path, store_url):
     with io_server() as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url)
         run(cfg, "poll")
     out = run(cfg, "show", FILE_EXPIRED_ID).stdout
     assert out.splitlines()[0].startswith("File uploads to ChatGPT conversations are failing")
@@ -223,9 +229,9 @@ def test_show_timeline_components_and_tag_reason(tmp_path):
     assert missing.exit_code == 1 and missing.output == "Error: no stored incident with id 'nope'\n"
 
 
-def test_retag_after_rule_change(tmp_path):
+def test_retag_after_rule_change(tmp_path, store_url):
     with io_server() as srv:
-        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=store_url)
         run(cfg, "poll")
         assert not any("codex" in r["title"].lower() for r in history(cfg))
         text = cfg.read_text() + "\n[tags.codex]\npatterns = ['\\bcodex\\b']\n"
@@ -238,8 +244,10 @@ def test_retag_after_rule_change(tmp_path):
 
 def test_db_upgrade_command(tmp_path):
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
-    assert run(cfg, "db", "upgrade").stdout.endswith("migrated to 0003\n")
-    assert run(cfg, "db", "upgrade").stdout.endswith("already at 0003\n")
+    from monitor.db import HEAD_REVISION      # the shipped head (test_db checks it against Alembic's)
+
+    assert run(cfg, "db", "upgrade").stdout.endswith(f"migrated to {HEAD_REVISION}\n")
+    assert run(cfg, "db", "upgrade").stdout.endswith(f"already at {HEAD_REVISION}\n")
 
 
 def test_unchanged_poll_writes_nothing_but_health(tmp_path):

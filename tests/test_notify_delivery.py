@@ -1,5 +1,5 @@
 """Delivering the outbox through real channels: an SMTP server (aiosmtpd) and an HTTP server (json://) on
-127.0.0.1, a real SQLite store, real apprise. Only Slack's servers are replaced, at the lowest HTTP layer
+127.0.0.1, a real SQLite store and a real PostgreSQL database, real apprise. Only Slack's servers are replaced, at the lowest HTTP layer
 apprise reaches (requests' HTTPAdapter.send), so the exact JSON apprise would post is asserted."""
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def make_payload(**over) -> dict:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    url = f"sqlite:///{tmp_path}/m.db"
+def engine(store_url):
+    url = store_url
     eng = make_engine(url)
     upgrade(url, eng)
     yield eng
@@ -325,6 +325,60 @@ def test_crash_between_send_and_mark_repeats_at_most_once(engine, monkeypatch):
         assert deliver_due(st, engine, now=T0 + timedelta(hours=1)).sent == 0
         assert len(web.requests) == 2
     assert outbox(engine, row).state == "sent"
+
+
+def test_a_new_leader_sends_at_once_what_a_dead_one_had_claimed(engine, monkeypatch):
+    """A process killed between claim and mark: the next leader makes its row due at once (no 5-minute
+    wait for the lease), and leaves its own leases and rows waiting for a retry alone."""
+    from monitor.db import LeaderLock
+
+    with HTTPServer() as web:
+        st = settings(("hook", web.url()))
+        dead = queue(engine, "hook", key="dead")
+        monkeypatch.setattr(dv, "PROCESS_TOKEN", "a-process-that-died")
+        monkeypatch.setattr(dv, "_record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("SIGKILL")))
+        with pytest.raises(RuntimeError):
+            deliver_due(st, engine, now=T0)
+        monkeypatch.undo()
+        now = datetime.now(timezone.utc)
+        later = (now + timedelta(minutes=10)).replace(microsecond=0)
+        retry = queue(engine, "hook", key="retry")
+        with transaction(engine) as s:              # a row waiting for its retry is not a lease
+            s.get(Outbox, retry).next_attempt_at = later
+        assert len(web.requests) == 1 and outbox(engine, dead).leased_by == "a-process-that-died"
+        lock = LeaderLock(str(engine.url.render_as_string(hide_password=False)))
+        try:
+            assert lock.hold()
+            assert lock.take_over(engine, service=False) == 1
+        finally:
+            lock.release()
+        assert outbox(engine, dead).leased_by is None and outbox(engine, dead).next_attempt_at >= now - timedelta(seconds=1)
+        assert outbox(engine, retry).next_attempt_at == later
+        assert deliver_due(st, engine).sent == 1                  # now, not LEASE_SECONDS later
+        assert len(web.requests) == 2 and outbox(engine, dead).state == "sent"
+        assert outbox(engine, dead).leased_by is None
+
+
+def test_a_row_is_claimed_by_exactly_one_of_many_at_once(engine):
+    """Claims race (16 threads, each its own connection, released together): exactly one wins each row,
+    whatever interleaving (an UPDATE ... WHERE state = 'pending' AND due ... RETURNING)."""
+    import threading
+
+    rows = [queue(engine, "hook", key=f"k{i}") for i in range(5)]
+    for row in rows:
+        start = threading.Barrier(16)
+        won: list[object] = []
+
+        def claim():
+            start.wait()
+            won.append(dv._claim(engine, row, T0))
+
+        threads = [threading.Thread(target=claim) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sum(c is not None for c in won) == 1, won
 
 
 def test_log_notifier_writes_one_line(engine, caplog):

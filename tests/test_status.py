@@ -132,7 +132,7 @@ def test_incidentio_file_processing_incident_json(tmp_path):
         run(cfg, "poll")
         code_after, after = status_json(cfg)
     assert code == 2
-    assert set(data) == {"verdict", "exit_code", "reason", "incidents", "checked_at", "pages", "checklist"}
+    assert set(data) == {"verdict", "exit_code", "reason", "incidents", "checked_at", "pages", "checklist", "leader"}
     assert data["verdict"] == "wait" and data["reason"] == "1 upload-related incident open (worst impact: major)"
     assert data["checklist"] == []
     (i,) = data["incidents"]

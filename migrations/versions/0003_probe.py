@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0003'
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
@@ -19,9 +19,9 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('started_at', sa.DateTime(), nullable=False),
     sa.Column('finished_at', sa.DateTime(), nullable=False),
-    sa.Column('outcome', sa.String(length=10), nullable=False),
-    sa.Column('failure_class', sa.String(length=10), nullable=True),
-    sa.Column('step', sa.String(length=20), nullable=True),
+    sa.Column('outcome', sa.Text(), nullable=False),
+    sa.Column('failure_class', sa.Text(), nullable=True),
+    sa.Column('step', sa.Text(), nullable=True),
     sa.Column('detail', sa.Text(), nullable=True),
     sa.Column('upload_ms', sa.Integer(), nullable=True),
     sa.Column('upload_status', sa.Integer(), nullable=True),
@@ -42,7 +42,7 @@ def upgrade() -> None:
     sa.Column('last_failure_at', sa.DateTime(), nullable=False),
     sa.Column('consecutive', sa.Integer(), nullable=False),
     sa.Column('failures', sa.Integer(), nullable=False),
-    sa.Column('statuses', sa.String(length=200), nullable=False),
+    sa.Column('statuses', sa.Text(), nullable=False),
     sa.Column('detail', sa.Text(), nullable=True),
     sa.Column('warned_at', sa.DateTime(), nullable=True),
     sa.Column('ended_at', sa.DateTime(), nullable=True),

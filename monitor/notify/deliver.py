@@ -2,12 +2,15 @@
 
 Delivery guarantees (``deliver_due``):
 
-* Sending happens outside any database transaction; each row is first *claimed* in a short transaction
-  (still pending and due, then leased by moving ``next_attempt_at`` ``LEASE_SECONDS`` ahead, so a second
-  process running ``deliver_due`` at the same time skips it), and its outcome is written in another.
-* A row is marked ``sent`` only after its channel accepted the message. A crash between the send and that
-  write leaves the row pending with the lease as its next attempt, so that message can be sent once more,
-  after ``LEASE_SECONDS``: at-least-once, with at most one repeat per crash; never a silent loss.
+* Sending happens outside any database transaction; each row is first *claimed* by one atomic UPDATE
+  (only while it is still pending and due; it moves ``next_attempt_at`` ``LEASE_SECONDS`` ahead and sets
+  ``leased_by`` to this process), so of any number of processes running ``deliver_due`` at once, exactly
+  one sends each row; its outcome is written in another short transaction.
+* A row is marked ``sent`` only after its channel accepted the message. A crash between the claim and that
+  write leaves the row leased by a dead process: the next leader (a standby taking over, the service
+  restarting, a hand-run ``monitor poll`` while no service leads) makes it due at once
+  (``LeaderLock.take_over``), otherwise it is due again after ``LEASE_SECONDS``. At-least-once, with at most
+  one repeat per crash (a message sent but not yet marked); never a silent loss.
 * A failed attempt adds a ``Delivery`` row (the one place errors are recorded; ``Outbox.last_error`` keeps
   the latest) and schedules the next one ``min(retry_max, retry_base * 2**(attempts-1))`` seconds ahead,
   times a random factor in [0.5, 1.0]. A permanent failure (URL apprise cannot load, missing url_env
@@ -28,11 +31,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Mapping
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from monitor.config import ConfigError, NotifierSettings, Settings
-from monitor.db import transaction
+from monitor.db import PROCESS_TOKEN, transaction
 from monitor.models import Delivery, Outbox
 from monitor.notify.channels import Channel, LogChannel, SendResult, channel_for, scrub
 from monitor.notify.render import render
@@ -103,12 +106,15 @@ class _Claimed:
 
 
 def _claim(engine: Engine, row_id: int, now: datetime) -> _Claimed | None:
+    """Lease one row to this process, atomically: one UPDATE that succeeds only while the row is still
+    pending and due, so of two processes claiming it at once exactly one gets it."""
     with transaction(engine) as s:
-        row = s.get(Outbox, row_id)
-        if row is None or row.state != "pending" or row.next_attempt_at > now:
-            return None      # sent, given up or leased by someone else meanwhile
-        row.next_attempt_at = now + timedelta(seconds=LEASE_SECONDS)
-        return _Claimed(row.id, row.notifier, row.event, row.payload, row.created_at)
+        row = s.execute(update(Outbox)
+                        .where(Outbox.id == row_id, Outbox.state == "pending", Outbox.next_attempt_at <= now)
+                        .values(next_attempt_at=now + timedelta(seconds=LEASE_SECONDS), leased_by=PROCESS_TOKEN)
+                        .returning(Outbox.id, Outbox.notifier, Outbox.event, Outbox.payload, Outbox.created_at)
+                        ).one_or_none()
+    return None if row is None else _Claimed(*row)    # None: sent, given up or leased by another meanwhile
 
 
 def _incident_ref(c: _Claimed) -> str:
@@ -129,6 +135,7 @@ def _record(engine: Engine, c: _Claimed, result: SendResult, settings: Settings,
         if row is None:
             return True
         row.attempts = (row.attempts or 0) + 1
+        row.leased_by = None
         s.add(Delivery(outbox_id=row.id, at=now, ok=result.ok, permanent=bool(result.permanent and not result.ok),
                        error=error))
         if result.ok:
