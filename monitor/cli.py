@@ -53,6 +53,19 @@ class Ctx:
             eng = db.make_engine(url, readonly=True)
         return eng
 
+    def reader(self):
+        """A db.Reader on the store (plain SQL, no ORM): one version query when the store is at the shipped
+        schema, else the store is migrated first."""
+        from monitor import db
+
+        url = self.settings.database_url()
+        reader = db.Reader.open(url)
+        if reader.revision() != db.HEAD_REVISION:
+            reader.close()
+            self.engine().dispose()
+            reader = db.Reader.open(url)
+        return reader
+
     def rules(self):
         from monitor.tags import build_rules
 
@@ -103,19 +116,20 @@ class MonitorGroup(click.Group):
     """Turns the failures users can cause or fix (config, store, files) into one-line errors, exit 1."""
 
     def invoke(self, ctx):
-        from sqlalchemy.exc import SQLAlchemyError
-
         from monitor.config import ConfigError
-        from monitor.db import StoreError, safe_error
+        from monitor.db import StoreError, describe_error
 
         try:
             return super().invoke(ctx)
         except (ConfigError, StoreError) as exc:
             raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:
-            raise click.ClickException(f"database: {safe_error(exc)}") from None
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
+        except Exception as exc:
+            message = describe_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,11 +176,13 @@ def poll(c: Ctx, pages):
 @pass_ctx
 def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
     """Past incidents, newest first: by default the upload-related ones."""
-    from monitor import db
     from monitor import history as h
 
-    with db.transaction(c.engine(readonly=True)) as s:
-        rows = h.history(s, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit)
+    reader = c.reader()
+    try:
+        rows = h.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit)
+    finally:
+        reader.close()
     if as_json:
         return emit_json(rows)
     if not rows:
@@ -302,7 +318,7 @@ def status(c: Ctx, as_json):
     from monitor import status as st
 
     try:
-        report = st.gather(lambda: c.settings, c.engine, c.rules)
+        report = st.gather(lambda: c.settings, c.reader, c.rules)
     except st.StatusFailure as exc:  # never an exit code a monitoring system reads as a verdict
         if as_json:
             emit_json(st.failure_json(str(exc)))

@@ -3,13 +3,16 @@ contract outside scripts rely on."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
-
-from monitor.models import Incident, IncidentComponent, Outbox, Page, Tag
+from monitor.db import Reader, in_list
 from monitor.records import iso_z as _iso
 from monitor.tags import UPLOAD_TAGS
+
+if TYPE_CHECKING:  # the ORM is imported only by the commands that show one incident or the outbox
+    from sqlalchemy.orm import Session
+
+    from monitor.models import Incident, Outbox
 
 
 def incident_dict(row: Incident) -> dict:
@@ -23,48 +26,57 @@ def incident_dict(row: Incident) -> dict:
     }
 
 
-def history(session: Session, *, tags: list[str] | None = None, all_incidents: bool = False,
+def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: bool = False,
             since: datetime | None = None, page: str | None = None, limit: int | None = None) -> list[dict]:
-    """Incidents newest first; by default only the upload-related ones. Plain Core queries: this lists
-    tens of thousands of rows, which the ORM would turn into objects for nothing."""
-    from sqlalchemy import func
-
-    where = []
+    """Incidents newest first; by default only the upload-related ones. Plain SQL through a db.Reader:
+    this lists tens of thousands of rows, which the ORM would turn into objects for nothing."""
+    where, params = [], {}
     wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
     if wanted:
-        where.append(Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(wanted))))
+        tag_in, p = in_list("tag", wanted)
+        where.append(f"i.id IN (SELECT incident_id FROM tags WHERE tag IN {tag_in})")
+        params.update(p)
     if since:
-        where.append(Incident.started_at >= since)
+        where.append("i.started_at >= :since")
+        params["since"] = since
     if page:
-        where.append(Page.name == page)
-    q = (select(Incident.id, Page.name, Incident.page_incident_id, Incident.title, Incident.url, Incident.status,
-                Incident.impact, Incident.started_at, Incident.resolved_at)
-         .join(Page, Page.id == Incident.page_id).where(*where)
-         .order_by(Incident.started_at.desc().nulls_last(), Incident.id.desc()))
-    rows = session.execute(q.limit(limit) if limit else q).all()
-    # the related rows of exactly these incidents: by id when limited, else by the same filter
-    chosen = [r[0] for r in rows] if limit else (
-        select(Incident.id).join(Page, Page.id == Incident.page_id).where(*where))
-    tag_map: dict[int, list[str]] = {}
-    for iid, tag in session.execute(select(Tag.incident_id, Tag.tag).where(Tag.incident_id.in_(chosen))
-                                    .order_by(Tag.incident_id, Tag.tag)):
-        tag_map.setdefault(iid, []).append(tag)
-    comp_map: dict[int, list[str]] = {}
-    for iid, name in session.execute(
-            select(IncidentComponent.incident_id, IncidentComponent.name)
-            .where(IncidentComponent.incident_id.in_(chosen)).order_by(IncidentComponent.id)):
-        if name:
-            comp_map.setdefault(iid, []).append(name)
-    sent = dict(session.execute(select(Outbox.incident_id, func.count())
-                                .where(Outbox.incident_id.in_(chosen), Outbox.state == "sent")
-                                .group_by(Outbox.incident_id)).all())
+        where.append("p.name = :page")
+        params["page"] = page
+    chosen = ("SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id"
+              + (" WHERE " + " AND ".join(where) if where else ""))
+    q = ("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, i.started_at, "
+         "i.resolved_at" + chosen.removeprefix("SELECT i.id")
+         + " ORDER BY i.started_at DESC NULLS LAST, i.id DESC" + (" LIMIT :limit" if limit else ""))
+    time = reader.time
+    with reader:
+        rows = reader.rows(q, {**params, "limit": limit} if limit else params)
+        if limit:  # the related rows of exactly these incidents: by id when limited, else by the same filter
+            chosen, params = in_list("id", [r[0] for r in rows])
+        else:
+            chosen = f"({chosen})"
+        tag_map: dict[int, list[str]] = {}
+        for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN {chosen} "
+                                    "ORDER BY incident_id, tag", params):
+            tag_map.setdefault(iid, []).append(tag)
+        comp_map: dict[int, list[str]] = {}
+        for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
+                                     f"WHERE incident_id IN {chosen} ORDER BY id", params):
+            if name:
+                comp_map.setdefault(iid, []).append(name)
+        sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
+                                "AND state = 'sent' GROUP BY incident_id", params))
     return [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-             "tags": tag_map.get(iid, []), "started_at": _iso(started), "resolved_at": _iso(resolved),
+             "tags": tag_map.get(iid, []), "started_at": _iso(time(started)), "resolved_at": _iso(time(resolved)),
              "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0)}
             for iid, pname, pid, title, url, status, impact, started, resolved in rows]
 
 
 def find_incident(session: Session, incident_id: str, page: str | None = None) -> Incident | None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from monitor.models import Incident, Page
+
     q = select(Incident).join(Incident.page).where(Incident.page_incident_id == incident_id)
     if page:
         q = q.where(Page.name == page)
@@ -73,6 +85,10 @@ def find_incident(session: Session, incident_id: str, page: str | None = None) -
 
 
 def incident_detail(session: Session, row: Incident) -> dict:
+    from sqlalchemy import select
+
+    from monitor.models import Outbox
+
     d = incident_dict(row)
     d["last_seen_at"] = _iso(row.last_seen_at)
     d["sources"] = [s for s in row.sources.split(",") if s]
@@ -95,35 +111,53 @@ def outbox_dict(o: Outbox) -> dict:
 
 
 def outbox(session: Session, *, include_sent: bool = False, limit: int = 200) -> list[dict]:
+    from sqlalchemy import select
+
+    from monitor.models import Outbox
+
     q = select(Outbox).order_by(Outbox.id.desc()).limit(limit)
     if not include_sent:
         q = q.where(Outbox.state != "sent")
     return [outbox_dict(o) for o in session.scalars(q)]
 
 
-def pages(session: Session) -> list[Page]:
-    return list(session.scalars(select(Page).order_by(Page.name)))
-
-
-
-def status_inputs(session: Session, settings) -> tuple[list[dict], list]:
-    """Open upload-related incidents and each configured page's polling health, for verdict.decide()."""
+def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
+    """Open upload-related incidents and each configured page's polling health, for verdict.decide():
+    the incidents as incident_dict() words them, in a few plain queries through a db.Reader."""
     from monitor.records import OPEN_STATUSES
     from monitor.verdict import PageHealth
 
-    names = [p.name for p in settings.pages]
-    q = (select(Incident).join(Incident.page)
-         .where(Page.name.in_(names), Incident.status.in_(OPEN_STATUSES),
-                Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(UPLOAD_TAGS))))
-         .options(selectinload(Incident.tags), selectinload(Incident.components))
-         .order_by(Incident.started_at.desc()))
-    incidents = [incident_dict(r) for r in session.scalars(q)]
-    stored = {p.name: p for p in pages(session)}
+    names, p_names = in_list("name", [p.name for p in settings.pages])
+    statuses, p_statuses = in_list("status", OPEN_STATUSES)
+    tags, p_tags = in_list("tag", UPLOAD_TAGS)
+    params = {**p_names, **p_statuses, **p_tags}
+    chosen = (f"SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name IN {names} "
+              f"AND i.status IN {statuses} AND i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags})")
+    time = reader.time
+    with reader:
+        rows = reader.rows("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, "
+                           "i.started_at, i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
+                           + " ORDER BY i.started_at DESC", params)
+        tag_map: dict[int, list[str]] = {}
+        for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN ({chosen}) "
+                                    "ORDER BY incident_id, tag", params):
+            tag_map.setdefault(iid, []).append(tag)
+        comp_map: dict[int, list[str]] = {}
+        for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
+                                     f"WHERE incident_id IN ({chosen}) ORDER BY id", params):
+            if name:
+                comp_map.setdefault(iid, []).append(name)
+        stored = {r[0]: r[1:] for r in reader.rows(
+            "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
+            f"WHERE name IN {names}", p_names)}
+    incidents = [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
+                  "tags": tag_map.get(iid, []), "started_at": _iso(time(started)),
+                  "resolved_at": _iso(time(resolved)), "components": comp_map.get(iid, []),
+                  "first_seen_at": _iso(time(first_seen))}
+                 for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
     health = []
     for ps in settings.pages:
-        row = stored.get(ps.name)
-        health.append(PageHealth(name=ps.name, poll_interval=ps.poll_interval,
-                                 last_success_at=row.last_success_at if row else None,
-                                 consecutive_failures=row.consecutive_failures if row else 0,
-                                 last_outcome=row.last_outcome if row else None))
+        last_success, failures, outcome = stored.get(ps.name, (None, 0, None))
+        health.append(PageHealth(name=ps.name, poll_interval=ps.poll_interval, last_success_at=time(last_success),
+                                 consecutive_failures=failures or 0, last_outcome=outcome))
     return incidents, health
