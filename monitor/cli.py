@@ -41,13 +41,13 @@ class Ctx:
                 log.warning("%s", message)
         return self._settings
 
-    def engine(self, *, readonly: bool = False):
+    def engine(self, *, readonly: bool = False, migrate_in_child: bool = False):
         """The store, migrated to the shipped schema first."""
         from monitor import db
 
         url = self.settings.database_url()
         eng = db.make_engine(url)
-        db.upgrade(url, eng)
+        db.upgrade(url, eng, in_child=migrate_in_child)
         if readonly:
             eng.dispose()
             eng = db.make_engine(url, readonly=True)
@@ -300,7 +300,7 @@ def run(c: Ctx):
             from monitor.notify.channels import validate
 
             validate(settings.notifiers)
-        service.run(settings, c.engine(), c.rules())
+        service.run(settings, c.engine(migrate_in_child=True), c.rules())
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handlers: nothing to clean up
         sys.exit(130)
 

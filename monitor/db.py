@@ -72,11 +72,14 @@ def current_revision(engine: Engine) -> str | None:
         return None
 
 
-def upgrade(url: str, engine: Engine | None = None) -> bool:
+def upgrade(url: str, engine: Engine | None = None, *, in_child: bool = False) -> bool:
     """Bring the schema to the shipped head. Cheap when already there (no Alembic import).
-    Returns True when a migration ran."""
+    Returns True when a migration ran. `in_child`: migrate in a forked child process, so that a process that
+    runs for weeks (`monitor run`) never holds Alembic and the migration scripts (about 12 MB)."""
     if engine is not None and current_revision(engine) == HEAD_REVISION:
         return False
+    if in_child:
+        return _upgrade_in_child(url)
     from alembic import command
     from alembic.config import Config
 
@@ -93,6 +96,32 @@ def upgrade(url: str, engine: Engine | None = None) -> bool:
         except OperationalError as exc:
             raise StoreError(f"cannot migrate the store {safe_url(url)}: {safe_error(exc)}") from None
     return True
+
+
+def _upgrade_in_child(url: str) -> bool:
+    """upgrade(url) in a forked child; its StoreError, or any other failure as one line, is raised here."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: migrate, report, and leave without running the parent's cleanup
+        code, message = 0, b"1"
+        try:
+            os.close(read_end)
+            message = b"1" if upgrade(url) else b"0"
+        except BaseException as exc:  # noqa: BLE001 - everything must reach the parent as one line
+            code = 1
+            message = (str(exc) if isinstance(exc, StoreError) else
+                       describe_error(exc) or f"cannot migrate the store {safe_url(url)}: {type(exc).__name__}: "
+                       f"{exc}").encode()
+        finally:
+            os.write(write_end, message)
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StoreError(message.splitlines()[0] if message else f"cannot migrate the store {safe_url(url)}")
+    return message == "1"
 
 
 @contextmanager
