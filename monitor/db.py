@@ -270,6 +270,17 @@ class Reader:
             v = datetime.fromisoformat(v)
         return v.replace(tzinfo=timezone.utc)
 
+    @classmethod
+    def iso(cls, v) -> str | None:
+        """A stored time as records.iso_z() writes it. SQLite's text in SQLAlchemy's storage format
+        (`YYYY-MM-DD HH:MM:SS.ffffff`) is rewritten as text (20,000 incidents: 40,000 datetimes less);
+        anything else goes through a datetime."""
+        if isinstance(v, str) and len(v) == 26 and v[10] == " " and v[19] == ".":
+            return f"{v[:10]}T{v[11:19] if v.endswith('000000') else v[11:]}Z"
+        from monitor.records import iso_z
+
+        return iso_z(cls.time(v))
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -47,7 +47,7 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
     q = ("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, i.started_at, "
          "i.resolved_at" + chosen.removeprefix("SELECT i.id")
          + " ORDER BY i.started_at DESC NULLS LAST, i.id DESC" + (" LIMIT :limit" if limit else ""))
-    time = reader.time
+    iso = reader.iso
     with reader:
         rows = reader.rows(q, {**params, "limit": limit} if limit else params)
         if limit:  # the related rows of exactly these incidents: by id when limited, else by the same filter
@@ -66,7 +66,7 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
         sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
                                 "AND state = 'sent' GROUP BY incident_id", params))
     return [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-             "tags": tag_map.get(iid, []), "started_at": _iso(time(started)), "resolved_at": _iso(time(resolved)),
+             "tags": tag_map.get(iid, []), "started_at": iso(started), "resolved_at": iso(resolved),
              "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0)}
             for iid, pname, pid, title, url, status, impact, started, resolved in rows]
 
@@ -133,7 +133,6 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
     params = {**p_names, **p_statuses, **p_tags}
     chosen = (f"SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name IN {names} "
               f"AND i.status IN {statuses} AND i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags})")
-    time = reader.time
     with reader:
         rows = reader.rows("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, "
                            "i.started_at, i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
@@ -151,13 +150,14 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
             "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
             f"WHERE name IN {names}", p_names)}
     incidents = [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-                  "tags": tag_map.get(iid, []), "started_at": _iso(time(started)),
-                  "resolved_at": _iso(time(resolved)), "components": comp_map.get(iid, []),
-                  "first_seen_at": _iso(time(first_seen))}
+                  "tags": tag_map.get(iid, []), "started_at": reader.iso(started),
+                  "resolved_at": reader.iso(resolved), "components": comp_map.get(iid, []),
+                  "first_seen_at": reader.iso(first_seen)}
                  for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
     health = []
     for ps in settings.pages:
         last_success, failures, outcome = stored.get(ps.name, (None, 0, None))
-        health.append(PageHealth(name=ps.name, poll_interval=ps.poll_interval, last_success_at=time(last_success),
-                                 consecutive_failures=failures or 0, last_outcome=outcome))
+        health.append(PageHealth(name=ps.name, poll_interval=ps.poll_interval,
+                                 last_success_at=reader.time(last_success), consecutive_failures=failures or 0,
+                                 last_outcome=outcome))
     return incidents, health

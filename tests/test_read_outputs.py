@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from helpers import run, write_config
 from replay import ReplayServer, StatuspagePage
+
+from monitor.db import Reader
 
 DATA = Path(__file__).parent / "data" / "read"
 BEFORE = "2024-08-19T12:00:00Z"       # an upload incident (433mh2zvfmww, major) opens at 18:51
@@ -72,3 +75,15 @@ def test_a_store_that_is_not_a_database_is_one_line(tmp_path):
     assert r.output == "Error: database: file is not a database\n"
     r = run(cfg, "status", ok=None)
     assert (r.exit_code, r.output) == (3, "UNKNOWN: database: file is not a database\n")
+
+
+@pytest.mark.parametrize("stored, written", [
+    ("2024-08-19 18:51:00.000000", "2024-08-19T18:51:00Z"),
+    ("2026-12-01 11:31:02.482000", "2026-12-01T11:31:02.482000Z"),
+    ("2026-12-01 11:31:02.000001", "2026-12-01T11:31:02.000001Z"),
+    ("2024-08-19 18:51:00", "2024-08-19T18:51:00Z"),                 # not SQLAlchemy's format: parsed
+    (datetime(2024, 8, 19, 18, 51, 0, 500), "2024-08-19T18:51:00.000500Z"),   # PostgreSQL: naive UTC
+    (None, None),
+])
+def test_stored_times_are_written_as_the_orm_wrote_them(stored, written):
+    assert Reader.iso(stored) == written
