@@ -256,6 +256,7 @@ def w_backfillbase(a: dict) -> dict:
     monitor asks for (90 days each, newest first), json.loads, and insert the incidents and their updates into
     SQLite (WAL, synchronous=NORMAL) in one transaction; an entry whose list item carries no updates costs one
     GET of its timeline, as it does the monitor."""
+    import gzip
     import resource
     import sqlite3
     import urllib.request
@@ -270,9 +271,11 @@ def w_backfillbase(a: dict) -> dict:
         windows.append((start, end))
         end = start
 
-    def get(path):
-        with urllib.request.urlopen(a["base_url"] + path, timeout=600) as r:
-            return json.loads(r.read())
+    def get(path):  # gzip offered, as the monitor does (and so both hit the replay server's memo)
+        req = urllib.request.Request(a["base_url"] + path, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            raw = r.read()
+            return json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw)
 
     con = sqlite3.connect(a["db"], isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
