@@ -1,6 +1,6 @@
 """The benchmarks of issues 6 and 16, each figure next to its baseline, measured in one run on this machine.
 
-    python benchmarks/run.py            # or: make bench        (10-12 minutes on 2 cores)
+    python benchmarks/run.py            # or: make bench        (5-10 minutes on 2 cores)
     python benchmarks/run.py --quick    # fewer repetitions, 1,000 polls instead of 10,000, a backfill of
                                         # 3,000 incidents instead of 20,000 (a smoke run)
 
