@@ -2,8 +2,9 @@
 (BEGIN IMMEDIATE) so two processes never lose an update or fail with "database is locked".
 
 Read-only commands (`monitor history`, `monitor status`) go through a `Reader` instead: plain SQL on the
-standard library's sqlite3 for a SQLite store, so that they answer without importing SQLAlchemy (about
-0.2 s of a 0.3 s command); other databases get the same SQL through SQLAlchemy Core."""
+standard library's sqlite3 for a SQLite store, so that they answer without importing SQLAlchemy (whose
+import alone takes longer than such a command now does); other databases get the same SQL through
+SQLAlchemy Core."""
 from __future__ import annotations
 
 import logging
@@ -210,11 +211,16 @@ class Reader:
 
     def __init__(self, *, path: str | None = None, engine: Engine | None = None):
         self._path, self._engine, self._conn, self._sa = path, engine, None, None
+        self._own_engine = False      # close() disposes only an engine open() made
 
     @classmethod
     def open(cls, url: str) -> Reader:
         path = sqlite_path(url)
-        return cls(path=path) if path else cls(engine=make_engine(url, readonly=True))
+        if path:
+            return cls(path=path)
+        reader = cls(engine=make_engine(url, readonly=True))
+        reader._own_engine = True
+        return reader
 
     def revision(self) -> str | None:
         """The store's schema revision (one query), None when it has none yet or cannot be read."""
@@ -285,7 +291,7 @@ class Reader:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        elif self._engine is not None:
+        elif self._own_engine:
             self._engine.dispose()
 
 
