@@ -391,6 +391,14 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("apprise.plugins.
 """
 
 
+def test_a_plugin_module_apprise_moved_falls_back_to_its_own_lookup(monkeypatch):
+    """The shortcut names apprise's plugin modules; if a release moves one, apprise's own lookup still loads
+    the URL (slower, same result)."""
+    monkeypatch.setitem(ch._PLUGINS, "slack", ("apprise.plugins.no_such_module", "NotifySlack"))
+    channel = ch.channel_for(NotifierSettings(name="s", url=f"slack://{SLACK_TOKEN}"))
+    assert channel.error is None and type(channel._apprise[0]).__name__ == "NotifySlack"
+
+
 @pytest.mark.parametrize("urls, plugins", [
     ([f"slack://{SLACK_TOKEN}", f"https://hooks.slack.com/services/{SLACK_TOKEN}",
       "mailto://127.0.0.1:25?from=a@example.org&to=b@example.org", "jsons://127.0.0.1:9/hook"],

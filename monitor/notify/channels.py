@@ -172,7 +172,10 @@ def _load(url: str):
     a = apprise.Apprise(asset=asset)
     _silence.on = True
     try:
-        server = _instantiate(url, asset)
+        try:
+            server = _instantiate(url, asset)
+        except Exception:  # a plugin raising on odd input, or an apprise whose modules moved: apprise decides
+            server = None
         ok = a.add(server if server is not None else url)
     except Exception:  # a plugin raising on odd input is a URL it cannot use
         ok = False
