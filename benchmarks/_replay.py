@@ -1,12 +1,16 @@
 """The replay server of tests/replay.py in its own process, so that rendering pages never competes with the
 process being measured for the GIL, and so that its memory never counts as ours.
 
-    python benchmarks/_replay.py PAGE [--n N] [--seed S] [--etags 0|1] [--memo]
+    python benchmarks/_replay.py PAGE [--n N] [--seed S] [--etags 0|1] [--memo] [--now ISO]
+                                      [--list-updates 0|1]
 
 PAGE: `openai` (StatuspagePage over the recorded OpenAI history), `synthetic` (StatuspagePage over
-synthetic_incidents(N), every incident in incidents.json) or `incidentio` (IncidentIoPage over
-incidentio_incidents()). Prints one JSON line (base_url, now, the page's update times) once it is ready,
-then serves until its standard input closes.
+synthetic_incidents(N), every incident in incidents.json), `incidentio` (IncidentIoPage over
+incidentio_incidents()) or `incidentio-synthetic` (IncidentIoPage over synthetic_incidents(N, ids="ulid"),
+the backfill benchmark's page; `--list-updates 1` makes its window lists carry each incident's updates, as
+the real page's do: tests/replay.py's IncidentIoPage(list_updates=...)). Prints one JSON line (base_url, now,
+the page's update times, the first incident's start) once it is ready, then serves until its standard input
+closes.
 
 Control endpoints (answered by this process, not by the page):
   /__bench/now?t=ISO   move the simulated time      /__bench/stats  {"requests", "bytes_out"}
@@ -126,23 +130,29 @@ class BenchServer(ReplayServer):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("page", choices=("openai", "synthetic", "incidentio"))
+    ap.add_argument("page", choices=("openai", "synthetic", "incidentio", "incidentio-synthetic"))
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--etags", type=int, choices=(0, 1), default=None)
     ap.add_argument("--memo", action="store_true")
     ap.add_argument("--now")
     ap.add_argument("--warm", action="append", default=[], help="path to render once before reporting ready")
+    ap.add_argument("--list-updates", type=int, choices=(0, 1), default=None)
     a = ap.parse_args()
     if a.page == "openai":
         page = StatuspagePage(load_history("openai"), etags=True if a.etags is None else bool(a.etags))
-    elif a.page == "synthetic":
+    elif a.page in ("synthetic", "incidentio-synthetic"):
         # the monitor refuses timestamps in its own future: end the synthetic history a day before today
-        incs = synthetic_incidents(a.n, SYNTHETIC_START, seed=a.seed)
+        ids = "ulid" if a.page == "incidentio-synthetic" else "statuspage"
+        incs = synthetic_incidents(a.n, SYNTHETIC_START, seed=a.seed, ids=ids)
         span = max(u.posted for i in incs for u in i.updates) - SYNTHETIC_START
         start = datetime.now(timezone.utc).replace(microsecond=0) - span - timedelta(days=1)
-        incs = synthetic_incidents(a.n, start, seed=a.seed)
-        page = StatuspagePage(incs, api_limit=len(incs), etags=True if a.etags is None else bool(a.etags))
+        incs = synthetic_incidents(a.n, start, seed=a.seed, ids=ids)
+        if ids == "ulid":
+            kw = {} if a.list_updates is None else {"list_updates": bool(a.list_updates)}
+            page = IncidentIoPage(incs, etags=bool(a.etags), **kw)
+        else:
+            page = StatuspagePage(incs, api_limit=len(incs), etags=True if a.etags is None else bool(a.etags))
     else:
         page = IncidentIoPage(incidentio_incidents(), etags=bool(a.etags))
     srv = BenchServer(page, memo=a.memo, now=a.now).start()
@@ -154,6 +164,7 @@ def main() -> None:
                 c.get(srv.base_url + p).raise_for_status()
     times = sorted({u.posted.isoformat() for i in page.incidents for u in i.updates})
     print(json.dumps({"base_url": srv.base_url, "now": srv.now.isoformat(), "incidents": len(page.incidents),
+                      "first_started_at": min(i.started_at for i in page.incidents).isoformat(),
                       "update_times": times if len(times) < 5000 else []}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)
     srv.stop()

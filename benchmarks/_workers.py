@@ -120,6 +120,10 @@ def w_mem(a: dict) -> dict:
             if Counting.polls >= n:
                 self.stopping.set()
 
+    if a.get("slack_webhook"):  # Slack's webhook host, replaced by a receiver on 127.0.0.1 (bench only)
+        from apprise.plugins.slack import NotifySlack
+
+        NotifySlack.webhook_url = a["slack_webhook"]
     config.load = load
     service.Service = Counting
     t0 = time.perf_counter()
@@ -129,7 +133,46 @@ def w_mem(a: dict) -> dict:
         pass
     return {"rss_mb": series, "seconds": time.perf_counter() - t0, "polls": Counting.polls,
             "outcome": Counting.outcome, "interval_s": a["interval"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "apprise_plugin_modules": sum(1 for m in sys.modules if m.startswith("apprise.plugins.")
+                                          and m.count(".") == 2)}
+
+
+def w_memparts(a: dict) -> dict:
+    """What each part of `monitor run` costs: RSS after importing each part in turn, then after loading the
+    configured notifiers, then after apprise's own lookup of every plugin (what a URL of a scheme outside
+    channels._PLUGINS costs)."""
+    import importlib
+
+    steps = [("python", None), ("click + monitor.cli", "monitor.cli"), ("pydantic + monitor.config", "monitor.config"),
+             ("SQLAlchemy ORM + models", "monitor.models"), ("httpx", "httpx"), ("feedparser", "feedparser"),
+             ("APScheduler", "apscheduler.schedulers.asyncio"), ("service, poll, store, sources", "monitor.service"),
+             ("apprise", "apprise")]
+    out, prev = [], proc_rss_mb()
+    for label, module in steps:
+        if module:
+            importlib.import_module(module)
+        rss = proc_rss_mb()
+        out.append({"part": label, "rss_mb": round(rss, 1), "rss_added_mb": round(rss - prev, 1)})
+        prev = rss
+    from monitor import config
+    from monitor.notify import channels
+
+    settings = config.load(a["config"])
+    channels.validate(settings.notifiers)
+    chans = [channels.channel_for(n) for n in settings.notifiers]
+    for label, fn in ((f"notifiers loaded ({', '.join(c.kind for c in chans)})", None),
+                      ("apprise's lookup of every plugin (any other scheme)", lambda: channels.known_scheme("json")),
+                      ("Alembic (`monitor run` migrates in a child process: not held)",
+                       lambda: importlib.import_module("alembic.command"))):
+        if fn:
+            fn()
+        rss = proc_rss_mb()
+        out.append({"part": label, "rss_mb": round(rss, 1), "rss_added_mb": round(rss - prev, 1),
+                    "apprise_plugin_modules": sum(1 for m in sys.modules if m.startswith("apprise.plugins.")
+                                                  and m.count(".") == 2)})
+        prev = rss
+    return {"parts": out, "errors": [c.error for c in chans if c.error]}
 
 
 def w_history(a: dict) -> dict:
@@ -208,6 +251,69 @@ def w_firstbase(a: dict) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def w_backfillbase(a: dict) -> dict:
+    """Baseline of the backfill: stdlib only. GET the same /proxy/<host>/incidents?start_at&end_at windows the
+    monitor asks for (90 days each, newest first), json.loads, and insert the incidents and their updates into
+    SQLite (WAL, synchronous=NORMAL) in one transaction; an entry whose list item carries no updates costs one
+    GET of its timeline, as it does the monitor."""
+    import gzip
+    import resource
+    import sqlite3
+    import urllib.request
+    from datetime import datetime, timedelta, timezone
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    since, end = datetime.fromisoformat(a["since"]), datetime.now(timezone.utc)
+    windows = []
+    while end > since:
+        start = max(since, end - timedelta(days=90))
+        windows.append((start, end))
+        end = start
+
+    def get(path):  # gzip offered, as the monitor does (and so both hit the replay server's memo)
+        req = urllib.request.Request(a["base_url"] + path, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            raw = r.read()
+            return json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw)
+
+    con = sqlite3.connect(a["db"], isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.executescript("""
+        CREATE TABLE incidents (id INTEGER PRIMARY KEY, page_incident_id TEXT UNIQUE, title TEXT, status TEXT,
+            impact TEXT, started_at TEXT, updated_at TEXT);
+        CREATE TABLE updates (id INTEGER PRIMARY KEY, incident_id INTEGER REFERENCES incidents(id),
+            page_update_id TEXT, status TEXT, body TEXT, published_at TEXT);
+        CREATE INDEX ix_updates_incident ON updates(incident_id);""")
+    requests = n_inc = n_upd = without = 0
+    con.execute("BEGIN IMMEDIATE")
+    for start, end in windows:
+        listed = get(f"/proxy/{a['host']}/incidents?start_at={start.strftime(fmt)}&end_at={end.strftime(fmt)}")
+        requests += 1
+        for inc in listed["incidents"]:
+            updates = inc.get("updates")
+            if not updates:
+                without += 1
+                updates = get(f"/proxy/{a['host']}/incidents/{inc['id']}")["incident"]["updates"]
+                requests += 1
+            cur = con.execute("INSERT INTO incidents (page_incident_id, title, status, impact, started_at, "
+                              "updated_at) VALUES (?,?,?,?,?,?)",
+                              (inc["id"], inc["name"], inc["status"], inc.get("current_worst_impact"),
+                               inc.get("published_at"), inc.get("last_update_at")))
+            rows = [(cur.lastrowid, u["id"], u.get("to_status"), u.get("message_string") or "", u["published_at"])
+                    for u in updates]
+            con.executemany("INSERT INTO updates (incident_id, page_update_id, status, body, published_at) "
+                            "VALUES (?,?,?,?,?)", rows)
+            n_inc += 1
+            n_upd += len(rows)
+    con.execute("COMMIT")
+    con.close()
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "windows": len(windows),
+            "requests": requests, "incidents": n_inc, "updates": n_upd, "entries_without_updates": without,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def w_bytes(a: dict) -> dict:
     """Bytes the server sends per idle poll (headers and body, as counted by the server), and the statuses;
     then the same URLs fetched without validators (the full response size)."""
@@ -264,7 +370,7 @@ def w_bytes(a: dict) -> dict:
     return asyncio.run(go())
 
 
-WORKERS = {"cpu": w_cpu, "mem": w_mem, "history": w_history, "first": w_first, "firstbase": w_firstbase, "bytes": w_bytes}
+WORKERS = {"cpu": w_cpu, "mem": w_mem, "memparts": w_memparts, "history": w_history, "first": w_first, "firstbase": w_firstbase, "backfillbase": w_backfillbase, "bytes": w_bytes}
 
 
 

@@ -41,17 +41,30 @@ class Ctx:
                 log.warning("%s", message)
         return self._settings
 
-    def engine(self, *, readonly: bool = False):
+    def engine(self, *, readonly: bool = False, migrate_in_child: bool = False):
         """The store, migrated to the shipped schema first."""
         from monitor import db
 
         url = self.settings.database_url()
         eng = db.make_engine(url)
-        db.upgrade(url, eng)
+        db.upgrade(url, eng, in_child=migrate_in_child)
         if readonly:
             eng.dispose()
             eng = db.make_engine(url, readonly=True)
         return eng
+
+    def reader(self):
+        """A db.Reader on the store (plain SQL, no ORM): one version query when the store is at the shipped
+        schema, else the store is migrated first."""
+        from monitor import db
+
+        url = self.settings.database_url()
+        reader = db.Reader.open(url)
+        if reader.revision() != db.HEAD_REVISION:
+            reader.close()
+            self.engine().dispose()
+            reader = db.Reader.open(url)
+        return reader
 
     def rules(self):
         from monitor.tags import build_rules
@@ -103,19 +116,20 @@ class MonitorGroup(click.Group):
     """Turns the failures users can cause or fix (config, store, files) into one-line errors, exit 1."""
 
     def invoke(self, ctx):
-        from sqlalchemy.exc import SQLAlchemyError
-
         from monitor.config import ConfigError
-        from monitor.db import StoreError, safe_error
+        from monitor.db import StoreError, describe_error
 
         try:
             return super().invoke(ctx)
         except (ConfigError, StoreError) as exc:
             raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:
-            raise click.ClickException(f"database: {safe_error(exc)}") from None
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
+        except Exception as exc:
+            message = describe_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,11 +183,13 @@ def poll(c: Ctx, pages):
 @pass_ctx
 def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
     """Past incidents, newest first: by default the upload-related ones."""
-    from monitor import db
     from monitor import history as h
 
-    with db.transaction(c.engine(readonly=True)) as s:
-        rows = h.history(s, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit)
+    reader = c.reader()
+    try:
+        rows = h.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit)
+    finally:
+        reader.close()
     if as_json:
         return emit_json(rows)
     if not rows:
@@ -299,7 +315,7 @@ def run(c: Ctx):
             from monitor.notify.channels import validate
 
             validate(settings.notifiers)
-        service.run(settings, c.engine(), c.rules())
+        service.run(settings, c.engine(migrate_in_child=True), c.rules())
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handlers: nothing to clean up
         sys.exit(130)
 
@@ -317,7 +333,7 @@ def status(c: Ctx, as_json):
     from monitor import status as st
 
     try:
-        report = st.gather(lambda: c.settings, c.engine, c.rules)
+        report = st.gather(lambda: c.settings, c.reader, c.rules)
     except st.StatusFailure as exc:  # never an exit code a monitoring system reads as a verdict
         if as_json:
             emit_json(st.failure_json(str(exc)))
@@ -348,7 +364,7 @@ def diagnose(c: Ctx, files, error_text, as_json):
     from monitor import status as st
 
     try:
-        d = dg.diagnose(files, error_text, lambda: st.gather(lambda: c.settings, c.engine, c.rules))
+        d = dg.diagnose(files, error_text, lambda: st.gather(lambda: c.settings, c.reader, c.rules))
     except dg.FileError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

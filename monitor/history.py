@@ -3,13 +3,16 @@ contract outside scripts rely on."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
-
-from monitor.models import Incident, IncidentComponent, Outbox, Page, ProbeOutage, ProbeResult, Tag
+from monitor.db import Reader, in_list
 from monitor.records import iso_z as _iso
 from monitor.tags import UPLOAD_TAGS
+
+if TYPE_CHECKING:  # the ORM is imported only by the commands that show one incident or the outbox
+    from sqlalchemy.orm import Session
+
+    from monitor.models import Incident, Outbox
 
 
 def incident_dict(row: Incident) -> dict:
@@ -23,53 +26,58 @@ def incident_dict(row: Incident) -> dict:
     }
 
 
-def history(session: Session, *, tags: list[str] | None = None, all_incidents: bool = False,
+def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: bool = False,
             since: datetime | None = None, page: str | None = None, limit: int | None = None) -> list[dict]:
-    """Incidents newest first; by default only the upload-related ones. Plain Core queries: this lists
-    tens of thousands of rows, which the ORM would turn into objects for nothing."""
-    from sqlalchemy import func
-
-    where = []
+    """Incidents newest first; by default only the upload-related ones. Plain SQL through a db.Reader:
+    this lists tens of thousands of rows, which the ORM would turn into objects for nothing."""
+    where, params = [], {}
     wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
     if wanted:
-        where.append(Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(wanted))))
+        tag_in, p = in_list("tag", wanted)
+        where.append(f"i.id IN (SELECT incident_id FROM tags WHERE tag IN {tag_in})")
+        params.update(p)
     if since:
-        where.append(Incident.started_at >= since)
+        where.append("i.started_at >= :since")
+        params["since"] = since
     if page:
-        where.append(Page.name == page)
-    q = (select(Incident.id, Page.name, Incident.page_incident_id, Incident.title, Incident.url, Incident.status,
-                Incident.impact, Incident.started_at, Incident.resolved_at, Incident.first_seen_at)
-         .join(Page, Page.id == Incident.page_id).where(*where)
-         .order_by(Incident.started_at.desc().nulls_last(), Incident.id.desc()))
-    rows = session.execute(q.limit(limit) if limit else q).all()
-    # the related rows of exactly these incidents: by id when limited, else by the same filter
-    chosen = [r[0] for r in rows] if limit else (
-        select(Incident.id).join(Page, Page.id == Incident.page_id).where(*where))
-    tag_map: dict[int, list[str]] = {}
-    for iid, tag in session.execute(select(Tag.incident_id, Tag.tag).where(Tag.incident_id.in_(chosen))
-                                    .order_by(Tag.incident_id, Tag.tag)):
-        tag_map.setdefault(iid, []).append(tag)
-    comp_map: dict[int, list[str]] = {}
-    for iid, name in session.execute(
-            select(IncidentComponent.incident_id, IncidentComponent.name)
-            .where(IncidentComponent.incident_id.in_(chosen)).order_by(IncidentComponent.id)):
-        if name:
-            comp_map.setdefault(iid, []).append(name)
-    sent = dict(session.execute(select(Outbox.incident_id, func.count())
-                                .where(Outbox.incident_id.in_(chosen), Outbox.state == "sent")
-                                .group_by(Outbox.incident_id)).all())
-    outages = probe_outages(session)
+        where.append("p.name = :page")
+        params["page"] = page
+    chosen = ("SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id"
+              + (" WHERE " + " AND ".join(where) if where else ""))
+    q = ("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, i.started_at, "
+         "i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
+         + " ORDER BY i.started_at DESC NULLS LAST, i.id DESC" + (" LIMIT :limit" if limit else ""))
+    iso = reader.iso
+    with reader:
+        rows = reader.rows(q, {**params, "limit": limit} if limit else params)
+        if limit:  # the related rows of exactly these incidents: by id when limited, else by the same filter
+            chosen, params = in_list("id", [r[0] for r in rows])
+        else:
+            chosen = f"({chosen})"
+        tag_map: dict[int, list[str]] = {}
+        for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN {chosen} "
+                                    "ORDER BY incident_id, tag", params):
+            tag_map.setdefault(iid, []).append(tag)
+        comp_map: dict[int, list[str]] = {}
+        for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
+                                     f"WHERE incident_id IN {chosen} ORDER BY id", params):
+            if name:
+                comp_map.setdefault(iid, []).append(name)
+        sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
+                                "AND state = 'sent' GROUP BY incident_id", params))
+        outages = _probe_outages(reader)
+    time = reader.time
     return [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-             "tags": tag_map.get(iid, []), "started_at": _iso(started), "resolved_at": _iso(resolved),
+             "tags": tag_map.get(iid, []), "started_at": iso(started), "resolved_at": iso(resolved),
              "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0),
-             **probe_lead(outages, started, first_seen)}
+             **probe_lead(outages, time(started), time(first_seen))}
             for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
 
 
-def probe_outages(session: Session) -> list[tuple[datetime, datetime | None]]:
-    """(first failure, end) of every outage the probe saw, oldest first."""
-    return list(session.execute(select(ProbeOutage.first_failure_at, ProbeOutage.ended_at)
-                                .order_by(ProbeOutage.first_failure_at)).all())
+def _probe_outages(reader: Reader) -> list[tuple[datetime, datetime | None]]:
+    """(first failure, end) of every outage the probe saw, oldest first (inside the caller's `with reader`)."""
+    return [(reader.time(first), reader.time(end)) for first, end in reader.rows(
+        "SELECT first_failure_at, ended_at FROM probe_outages ORDER BY first_failure_at")]
 
 
 def probe_lead(outages, started_at: datetime | None, first_seen_at: datetime) -> dict:
@@ -83,6 +91,11 @@ def probe_lead(outages, started_at: datetime | None, first_seen_at: datetime) ->
 
 
 def find_incident(session: Session, incident_id: str, page: str | None = None) -> Incident | None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from monitor.models import Incident, Page
+
     q = select(Incident).join(Incident.page).where(Incident.page_incident_id == incident_id)
     if page:
         q = q.where(Page.name == page)
@@ -91,12 +104,17 @@ def find_incident(session: Session, incident_id: str, page: str | None = None) -
 
 
 def incident_detail(session: Session, row: Incident) -> dict:
+    from sqlalchemy import select
+
+    from monitor.models import Outbox
+
     d = incident_dict(row)
     d["last_seen_at"] = _iso(row.last_seen_at)
     d["sources"] = [s for s in row.sources.split(",") if s]
     d["posted_late_by_seconds"] = (
         int((row.first_seen_at - row.started_at).total_seconds()) if row.started_at else None)
-    d.update(probe_lead(probe_outages(session), row.started_at, row.first_seen_at))
+    reader = Reader(connection=session.connection())
+    d.update(probe_lead(_probe_outages(reader), row.started_at, row.first_seen_at))
     d["components"] = [{"id": c.key, "name": c.name, "impact": c.impact} for c in row.components]
     d["tags"] = [{"tag": t.tag, "rule": t.rule, "field": t.field, "text": t.text}
                  for t in sorted(row.tags, key=lambda t: t.tag)]
@@ -114,53 +132,74 @@ def outbox_dict(o: Outbox) -> dict:
 
 
 def outbox(session: Session, *, include_sent: bool = False, limit: int = 200) -> list[dict]:
+    from sqlalchemy import select
+
+    from monitor.models import Outbox
+
     q = select(Outbox).order_by(Outbox.id.desc()).limit(limit)
     if not include_sent:
         q = q.where(Outbox.state != "sent")
     return [outbox_dict(o) for o in session.scalars(q)]
 
 
-def pages(session: Session) -> list[Page]:
-    return list(session.scalars(select(Page).order_by(Page.name)))
-
-
-
-def status_inputs(session: Session, settings) -> tuple[list[dict], list]:
-    """Open upload-related incidents and each configured page's polling health, for verdict.decide()."""
+def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
+    """Open upload-related incidents and each configured page's polling health, for verdict.decide():
+    the incidents as incident_dict() words them, in a few plain queries through a db.Reader."""
     from monitor.records import OPEN_STATUSES
     from monitor.verdict import PageHealth
 
-    names = [p.name for p in settings.pages]
-    q = (select(Incident).join(Incident.page)
-         .where(Page.name.in_(names), Incident.status.in_(OPEN_STATUSES),
-                Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(UPLOAD_TAGS))))
-         .options(selectinload(Incident.tags), selectinload(Incident.components))
-         .order_by(Incident.started_at.desc()))
-    incidents = [incident_dict(r) for r in session.scalars(q)]
-    stored = {p.name: p for p in pages(session)}
+    names, p_names = in_list("name", [p.name for p in settings.pages])
+    statuses, p_statuses = in_list("status", OPEN_STATUSES)
+    tags, p_tags = in_list("tag", UPLOAD_TAGS)
+    params = {**p_names, **p_statuses, **p_tags}
+    chosen = (f"SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name IN {names} "
+              f"AND i.status IN {statuses} AND i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags})")
+    with reader:
+        rows = reader.rows("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, "
+                           "i.started_at, i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
+                           + " ORDER BY i.started_at DESC", params)
+        tag_map: dict[int, list[str]] = {}
+        for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN ({chosen}) "
+                                    "ORDER BY incident_id, tag", params):
+            tag_map.setdefault(iid, []).append(tag)
+        comp_map: dict[int, list[str]] = {}
+        for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
+                                     f"WHERE incident_id IN ({chosen}) ORDER BY id", params):
+            if name:
+                comp_map.setdefault(iid, []).append(name)
+        stored = {r[0]: r[1:] for r in reader.rows(
+            "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
+            f"WHERE name IN {names}", p_names)}
+    incidents = [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
+                  "tags": tag_map.get(iid, []), "started_at": reader.iso(started),
+                  "resolved_at": reader.iso(resolved), "components": comp_map.get(iid, []),
+                  "first_seen_at": reader.iso(first_seen)}
+                 for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
     health = []
     for ps in settings.pages:
-        row = stored.get(ps.name)
+        last_success, failures, outcome = stored.get(ps.name, (None, 0, None))
         health.append(PageHealth(name=ps.name, poll_interval=ps.poll_interval,
-                                 last_success_at=row.last_success_at if row else None,
-                                 consecutive_failures=row.consecutive_failures if row else 0,
-                                 last_outcome=row.last_outcome if row else None))
+                                 last_success_at=reader.time(last_success), consecutive_failures=failures or 0,
+                                 last_outcome=outcome))
     return incidents, health
 
 
-def probe_health(session: Session, settings):
+def probe_health(reader: Reader, settings):
     """The probe's last result and the outage under way, for verdict.decide(); None without `[probe]`."""
     from monitor.verdict import ProbeHealth
 
     ps = settings.probe
     if ps is None:
         return None
-    last = session.scalar(select(ProbeResult).order_by(ProbeResult.id.desc()).limit(1))
-    outage = session.scalar(select(ProbeOutage).where(ProbeOutage.ended_at.is_(None))
-                            .order_by(ProbeOutage.id.desc()).limit(1))
-    if last is None:
+    with reader:
+        last = reader.rows("SELECT finished_at, outcome, failure_class, detail FROM probe_results "
+                           "ORDER BY id DESC LIMIT 1")
+        outage = reader.rows("SELECT consecutive, first_failure_at FROM probe_outages WHERE ended_at IS NULL "
+                             "ORDER BY id DESC LIMIT 1")
+    if not last:
         return ProbeHealth(ps.interval, ps.failures_to_warn)
-    return ProbeHealth(ps.interval, ps.failures_to_warn, last_at=last.finished_at, last_outcome=last.outcome,
-                       failure_class=last.failure_class, detail=last.detail,
-                       consecutive_failures=outage.consecutive if outage else 0,
-                       since=outage.first_failure_at if outage else None)
+    finished, outcome, failure_class, detail = last[0]
+    consecutive, since = outage[0] if outage else (0, None)
+    return ProbeHealth(ps.interval, ps.failures_to_warn, last_at=reader.time(finished), last_outcome=outcome,
+                       failure_class=failure_class, detail=detail, consecutive_failures=consecutive or 0,
+                       since=reader.time(since))

@@ -254,7 +254,7 @@ class Service:
         a dead leader had claimed, deliver what is due and poll every page now."""
         if self.stopping.is_set():
             return
-        from monitor.db import current_leader, transaction
+        from monitor.db import Reader, current_leader
 
         was = self.leading
         _, fut = in_daemon_thread(self.lock.hold)
@@ -288,8 +288,7 @@ class Service:
         elif not now_leading and not self.standby_logged:
             self.standby_logged = True
             try:
-                with transaction(self.engine) as s:
-                    who = current_leader(s)
+                who = current_leader(Reader(engine=self.engine))
             except Exception:
                 who = None
             who = f"{who['host']} pid {who['pid']} leads since {who['since']}" if who else "another process leads"

@@ -25,40 +25,43 @@ class StatusFailure(Exception):
 
 
 def read(settings, reader) -> Report:
-    """The verdict from the store alone (no polling): what the service's /status.json serves."""
+    """The verdict from the store alone (no polling). `reader` is a db.Reader, or an SQLAlchemy engine."""
     from monitor import db
 
-    with db.transaction(reader) as s:
-        return from_session(s, settings)
+    return _decide(settings, reader if isinstance(reader, db.Reader) else db.Reader(engine=reader))
 
 
 def from_session(session, settings) -> Report:
     """The store-only verdict inside a transaction the caller holds (the web page reads more in the same one)."""
     from monitor import db
+
+    return _decide(settings, db.Reader(connection=session.connection()))
+
+
+def _decide(settings, reader) -> Report:
+    from monitor import db
     from monitor import history as h
     from monitor.verdict import decide
 
-    incidents, health = h.status_inputs(session, settings)
-    probe = h.probe_health(session, settings)
-    leader = db.current_leader(session)
+    incidents, health = h.status_inputs(reader, settings)
+    probe = h.probe_health(reader, settings)
+    leader = db.current_leader(reader)
     now = datetime.now(timezone.utc)
     return Report(decide(incidents, health, now, probe), health, [], now, probe, leader)
 
 
-def gather(settings_factory, engine_factory, rules_factory) -> Report:
+def gather(settings_factory, reader_factory, rules_factory) -> Report:
     """The verdict as `monitor status` gives it: from the store when every page's data is fresh, else after
-    polling the stale pages once. The factories load the settings, open the store (migrated;
-    `engine_factory(readonly=True)`) and build the tag rules, so that their failures are answered too. Raises
-    StatusFailure with a one-line reason for anything a config, a store or a file system can cause."""
-    from sqlalchemy.exc import SQLAlchemyError
-
+    polling the stale pages once. The factories load the settings, open the store (migrated, as a
+    db.Reader) and build the tag rules, so that their failures are answered too. Raises StatusFailure with a
+    one-line reason for anything a config, a store or a file system can cause."""
     from monitor import db
     from monitor.config import ConfigError
-    from monitor.db import StoreError, safe_error
+    from monitor.db import StoreError
 
     try:
         settings = settings_factory()
-        reader = engine_factory(readonly=True)
+        reader = reader_factory()
         try:
             report = read(settings, reader)
             stale = [p.name for p in report.health if not p.fresh(report.now)]
@@ -75,13 +78,16 @@ def gather(settings_factory, engine_factory, rules_factory) -> Report:
                 report = read(settings, reader)
                 report.polled = polled
         finally:
-            reader.dispose()
+            reader.close()
     except (ConfigError, StoreError) as exc:
         raise StatusFailure(str(exc)) from None
-    except SQLAlchemyError as exc:
-        raise StatusFailure(f"database: {safe_error(exc)}") from None
     except OSError as exc:
         raise StatusFailure(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
+    except Exception as exc:
+        message = db.describe_error(exc)
+        if message is None:
+            raise
+        raise StatusFailure(message) from None
     return report
 
 

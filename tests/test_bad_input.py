@@ -84,6 +84,22 @@ def test_the_service_refuses_to_start_on_an_invalid_config(tmp_path):
         f"exits 1 at once, one line each: `{out[0]}`; `{out[1]}` (the URL is not quoted)"])
 
 
+def test_the_service_that_cannot_migrate_its_store_says_why_in_one_line(tmp_path):
+    """`monitor run` migrates a new store in a child process (so that the service never holds Alembic): the
+    child's failure still reaches the user as one line, exit 1, and a store it cannot read is left as it was."""
+    store = tmp_path / "m.db"
+    store.write_bytes(b"not a database, but someone's file " * 200)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{store}"\n' + PAGE)
+    p = subprocess.run([MONITOR, "--config", str(cfg), "run"], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout, error_line(p.stderr)) == (1, "", "Error: database: file is not a database")
+    assert store.read_bytes() == b"not a database, but someone's file " * 200
+    cfg.write_text('[database]\nurl = "sqlite:////proc/no/such/dir/m.db"\n' + PAGE)
+    p = subprocess.run([MONITOR, "--config", str(cfg), "run"], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, error_line(p.stderr)) == (
+        1, "Error: cannot open the store /proc/no/such/dir/m.db: No such file or directory")
+
+
 BAD_ARGS = [
     ("poll", "--bogus"),
     ("history", "--limit", "0"),

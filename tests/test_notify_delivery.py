@@ -433,6 +433,44 @@ def test_mail_password_never_logged_or_stored(engine, caplog):
     assert "alerts:****@127.0.0.1" in fast(st)["mail"].display
 
 
+_PLUGINS_LOADED = """
+import json, sys
+from monitor.config import NotifierSettings
+from monitor.notify import channels as ch
+notifiers = [NotifierSettings(name=f"n{i}", url=u) for i, u in enumerate(sys.argv[1:])]
+ch.validate(notifiers)
+loaded = [ch.channel_for(n) for n in notifiers]
+assert all(c.error is None for c in loaded), [c.error for c in loaded]
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("apprise.plugins.") and m.count(".") == 2)))
+"""
+
+
+def test_a_plugin_module_apprise_moved_falls_back_to_its_own_lookup(monkeypatch):
+    """The shortcut names apprise's plugin modules; if a release moves one, apprise's own lookup still loads
+    the URL (slower, same result)."""
+    monkeypatch.setitem(ch._PLUGINS, "slack", ("apprise.plugins.no_such_module", "NotifySlack"))
+    channel = ch.channel_for(NotifierSettings(name="s", url=f"slack://{SLACK_TOKEN}"))
+    assert channel.error is None and type(channel._apprise[0]).__name__ == "NotifySlack"
+
+
+@pytest.mark.parametrize("urls, plugins", [
+    ([f"slack://{SLACK_TOKEN}", f"https://hooks.slack.com/services/{SLACK_TOKEN}",
+      "mailto://127.0.0.1:25?from=a@example.org&to=b@example.org", "jsons://127.0.0.1:9/hook"],
+     ["apprise.plugins.base", "apprise.plugins.custom_json", "apprise.plugins.email", "apprise.plugins.slack"]),
+    (["ntfy://127.0.0.1:9/topic"], None),      # any other scheme: apprise's own lookup, every plugin
+])
+def test_a_notifier_loads_only_its_own_apprise_plugin(urls, plugins):
+    """apprise's own URL lookup imports all of its ~220 plugin modules (about 17 MB); validating and loading
+    the notifiers of the schemes we know imports only theirs. In a fresh process: other tests load them all."""
+    out = subprocess.run([sys.executable, "-c", _PLUGINS_LOADED, *urls], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = json.loads(out)
+    if plugins is None:
+        assert len(loaded) > 150
+    else:
+        assert loaded == plugins
+
+
 def test_validate(monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ConfigError) as e:

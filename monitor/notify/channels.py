@@ -11,7 +11,9 @@ worked, and whether a failure is worth retrying.
 * ``GenericChannel`` (any other apprise URL, e.g. ``json://``): plain text declared as text.
 * ``LogChannel`` (the ``log`` notifier used when none is configured): one INFO line on ``monitor.notify``.
 
-apprise is imported only when a notifier is configured (``monitor --help`` stays fast). Secrets: the raw URL
+apprise is imported only when a notifier is configured (``monitor --help`` stays fast), and the URLs of the
+schemes above (and ``json://``) are loaded through their own plugin class, so that only that plugin module is
+imported (apprise's own lookup imports all ~220 of them, about 17 MB). Secrets: the raw URL
 is never logged or stored; ``display`` is apprise's ``url(privacy=True)``; apprise's own logger is kept at
 INFO or above (at DEBUG it prints webhook URLs), is silenced while a URL is parsed (its "Unparseable URL"
 error quotes the URL in clear), and secret-looking parts of loaded URLs are masked in its log records and
@@ -121,15 +123,60 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
+# The plugin classes of the schemes this project words its messages for, loaded on their own. apprise's own
+# lookup (Apprise.add(url), `scheme in NotificationManager()`) imports every one of its ~220 plugin modules
+# first: about 17 MB of a daemon's memory for the two or three it will use.
+_PLUGINS = {
+    "slack": ("apprise.plugins.slack", "NotifySlack"),
+    "mailto": ("apprise.plugins.email", "NotifyEmail"),
+    "mailtos": ("apprise.plugins.email", "NotifyEmail"),
+    "json": ("apprise.plugins.custom_json", "NotifyJSON"),
+    "jsons": ("apprise.plugins.custom_json", "NotifyJSON"),
+}
+
+
+def _instantiate(url: str, asset):
+    """The apprise plugin object for `url`, built from its own plugin class as Apprise.instantiate() would
+    (parse_url, or parse_native_url for a https://hooks.slack.com URL; the class's and the object's
+    `enabled`), or None when the scheme is not one of ours or the plugin refuses the URL."""
+    import importlib
+
+    scheme = _scheme(url)
+    native = scheme in ("http", "https")
+    if native:
+        if channel_class(url) is not SlackChannel:
+            return None
+        entry = _PLUGINS["slack"]
+    else:
+        entry = _PLUGINS.get(scheme)
+        if entry is None:
+            return None
+    cls = getattr(importlib.import_module(entry[0]), entry[1])
+    url = url.replace("/#", "/%23")    # as apprise's url_to_dict does
+    results = cls.parse_native_url(url) if native else cls.parse_url(url)
+    if not results or not cls.enabled:
+        return None
+    results.update(tag=set(), asset=asset)
+    server = cls(**results)
+    return server if server.enabled else None
+
+
 def _load(url: str):
-    """An apprise.Apprise holding `url`, or None when apprise cannot load it (nothing logged either way)."""
+    """An apprise.Apprise holding `url`, or None when apprise cannot load it (nothing logged either way).
+    The schemes of _PLUGINS load only their own plugin module; any other URL, or one its plugin refuses,
+    goes through apprise's own lookup (every plugin), so that what is accepted stays apprise's call."""
     import apprise
 
     quiet_apprise_logging()
-    a = apprise.Apprise(asset=apprise.AppriseAsset(app_id=APP_ID, app_desc="OpenAI status monitor"))
+    asset = apprise.AppriseAsset(app_id=APP_ID, app_desc="OpenAI status monitor")
+    a = apprise.Apprise(asset=asset)
     _silence.on = True
     try:
-        ok = a.add(url)
+        try:
+            server = _instantiate(url, asset)
+        except Exception:  # a plugin raising on odd input, or an apprise whose modules moved: apprise decides
+            server = None
+        ok = a.add(server if server is not None else url)
     except Exception:  # a plugin raising on odd input is a URL it cannot use
         ok = False
     finally:

@@ -56,12 +56,13 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
 
     from monitor import history as h
     from monitor import status
+    from monitor.db import Reader
     from monitor.models import Incident, Page, Update
     from monitor.verdict import CHECKLIST
 
     report = status.from_session(session, settings)
     now = report.now
-    rows = h.history(session, since=since)
+    rows = h.history(Reader(connection=session.connection()), since=since)
     seen = {(p, i): (first, watching) for p, i, first, watching in session.execute(
         select(Page.name, Incident.page_incident_id, Incident.first_seen_at, Page.first_poll_at)
         .join(Page, Page.id == Incident.page_id)
