@@ -31,12 +31,21 @@ class DatabaseSettings(_Frozen):
 class PageSettings(_Frozen):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     base_url: str
-    kind: Literal["auto", "statuspage", "incidentio"] = "auto"
+    kind: str = Field("auto", description="auto, or a page kind of monitor.sources.KINDS")
     poll_interval: float = Field(60, ge=1, le=86400)
     history_days: int = Field(365, ge=0, le=3650)
     deadline: float = Field(30, gt=0, le=600, description="seconds a whole poll may take")
     max_response_mb: float = Field(10, gt=0, le=1024)
     proxy_host: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from monitor.sources import KINDS
+
+        if v != "auto" and v not in KINDS:
+            raise ValueError(f"must be auto or one of {', '.join(KINDS)}")
+        return v
 
     @field_validator("base_url")
     @classmethod

@@ -6,6 +6,24 @@ from datetime import datetime
 
 STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem")
 OPEN_STATUSES = ("investigating", "identified", "monitoring")
+CLOSED_STATUSES = ("resolved", "postmortem")
+IMPACTS = ("none", "minor", "major", "critical")     # least to most severe
+
+
+def impact_rank(impact: str | None) -> int:
+    """Where an incident impact (one of IMPACTS) ranks; anything else ranks as "none"."""
+    return IMPACTS.index(impact) if impact in IMPACTS else 0
+
+
+def worst_impact(impacts) -> str:
+    """The most severe of `impacts` (IMPACTS words), "none" when there is none."""
+    return max((i for i in impacts if i in IMPACTS), key=IMPACTS.index, default="none")
+
+
+def backoff(n: int, base: float, cap: float) -> float:
+    """Seconds to wait after the `n`-th failure in a row (n >= 1): base, 2 base, 4 base ... up to `cap`.
+    The exponent is capped, so no count of failures overflows."""
+    return min(cap, base * 2 ** min(max(n - 1, 0), 64))
 
 
 def iso_z(t: datetime | None) -> str | None:

@@ -49,7 +49,7 @@ def component_names(session: Session, page_id: int) -> dict[str, str]:
     return dict(session.execute(select(Component.key, Component.name).where(Component.page_id == page_id)).all())
 
 
-def save_components(session: Session, page_id: int, comps: Sequence[ComponentRec], groups: dict | None = None) -> None:
+def save_components(session: Session, page_id: int, comps: Sequence[ComponentRec]) -> None:
     existing = {c.key: c for c in session.scalars(select(Component).where(Component.page_id == page_id))}
     for c in comps:
         row = existing.get(c.key)

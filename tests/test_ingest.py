@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from monitor.db import HEAD_REVISION
 from helpers import db_rows, history, run, write_config
 from replay import Fault, IncidentIoPage, ReplayServer, StatuspagePage, incidentio_incidents, load_history
 
@@ -238,8 +239,8 @@ def test_retag_after_rule_change(tmp_path):
 
 def test_db_upgrade_command(tmp_path):
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
-    assert run(cfg, "db", "upgrade").stdout.endswith("migrated to 0001\n")
-    assert run(cfg, "db", "upgrade").stdout.endswith("already at 0001\n")
+    assert run(cfg, "db", "upgrade").stdout.endswith("migrated to " + HEAD_REVISION + "\n")
+    assert run(cfg, "db", "upgrade").stdout.endswith("already at " + HEAD_REVISION + "\n")
 
 
 def test_unchanged_poll_writes_nothing_but_health(tmp_path):

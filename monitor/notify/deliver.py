@@ -89,7 +89,9 @@ def _now(now: datetime | None) -> datetime:
 
 def backoff_seconds(attempts: int, base: float, cap: float, *, rand=random.random) -> float:
     """Delay after the `attempts`-th failed attempt: min(cap, base * 2**(attempts-1)) * [0.5, 1.0]."""
-    raw = min(cap, base * 2 ** max(attempts - 1, 0))
+    from monitor.records import backoff
+
+    raw = backoff(attempts, base, cap)
     return raw * (0.5 + 0.5 * rand())
 
 
