@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -26,6 +27,22 @@ class _Frozen(BaseModel):
 
 class DatabaseSettings(_Frozen):
     url: str = "sqlite:///monitor.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError("not a database URL such as sqlite:///monitor.db") from None
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database driver {url.drivername!r}") from None
+        return v
 
 
 class PageSettings(_Frozen):
@@ -130,6 +147,21 @@ class Settings(_Frozen):
             raise ValueError(f"notifier names must be unique and not 'log': {names}")
         return v
 
+    @model_validator(mode="after")
+    def _notifiers_follow_tags(self):
+        """A notifier without its own `tags` hears about every upload-related tag, the config's included."""
+        if any(t not in DEFAULT_TAGS for t in self.tags):
+            fixed = tuple(n if "tags" in n.model_fields_set else n.model_copy(update={"tags": self.upload_tags})
+                          for n in self.notifiers)
+            object.__setattr__(self, "notifiers", fixed)
+        return self
+
+    @property
+    def upload_tags(self) -> tuple[str, ...]:
+        """What counts as upload-related everywhere (verdict, history, messages): the built-in tags and every
+        tag the config's [tags.<tag>] tables add."""
+        return DEFAULT_TAGS + tuple(t for t in self.tags if t not in DEFAULT_TAGS)
+
     def page(self, name: str) -> PageSettings:
         for p in self.pages:
             if p.name == name:
@@ -152,11 +184,11 @@ def state_dir() -> Path:
 
 def resolve_database_url(url: str) -> str:
     """Relative SQLite paths live in the state directory (under systemd the working directory is /)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+    m = re.match(r"sqlite(\+\w+)?:///(?!/)", url)
+    if m and ":memory:" not in url:
         base = state_dir()
         base.mkdir(parents=True, exist_ok=True)
-        return prefix + str(base / url[len(prefix):])
+        return m.group(0) + str(base / url[m.end():])
     return url
 
 
@@ -196,6 +228,13 @@ def load(path: str | os.PathLike | None = None, *, warn=None) -> Settings:
         build_rules(settings.tags)
     except ValueError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    if settings.notifiers:  # a URL no channel can deliver to is refused by every command, not only `run`
+        from monitor.notify.channels import validate
+
+        try:
+            validate(settings.notifiers)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
     if warn and any(n.url for n in settings.notifiers):
         try:
             if p.stat().st_mode & stat.S_IROTH:

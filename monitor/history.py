@@ -24,13 +24,15 @@ def incident_dict(row: Incident) -> dict:
 
 
 def history(session: Session, *, tags: list[str] | None = None, all_incidents: bool = False,
-            since: datetime | None = None, page: str | None = None, limit: int | None = None) -> list[dict]:
-    """Incidents newest first; by default only the upload-related ones. Plain Core queries: this lists
+            since: datetime | None = None, page: str | None = None, limit: int | None = None,
+            upload_tags: tuple[str, ...] = UPLOAD_TAGS) -> list[dict]:
+    """Incidents newest first; by default only the upload-related ones (`upload_tags`: the settings'
+    `upload_tags`, which include the tags the config adds). Plain Core queries: this lists
     tens of thousands of rows, which the ORM would turn into objects for nothing."""
     from sqlalchemy import func
 
     where = []
-    wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
+    wanted = list(tags or ()) or (None if all_incidents else list(upload_tags))
     if wanted:
         where.append(Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(wanted))))
     if since:
@@ -114,7 +116,7 @@ def status_inputs(session: Session, settings) -> tuple[list[dict], list]:
     names = [p.name for p in settings.pages]
     q = (select(Incident).join(Incident.page)
          .where(Page.name.in_(names), Incident.status.in_(OPEN_STATUSES),
-                Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(UPLOAD_TAGS))))
+                Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(settings.upload_tags))))
          .options(selectinload(Incident.tags), selectinload(Incident.components))
          .order_by(Incident.started_at.desc()))
     incidents = [incident_dict(r) for r in session.scalars(q)]

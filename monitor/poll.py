@@ -411,7 +411,8 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
                 res.new += row is None
                 res.changed += row is not None
         res.queued = store.apply(s, page, changes, rows, rules=p.rules, notifiers=p.settings.notifiers,
-                                 now=now, silent_resolved=first_poll, silent=silent)
+                                 now=now, silent_resolved=first_poll, silent=silent,
+                                 upload_tags=p.settings.upload_tags)
         _save_states(s, page_id, new_states, now)
         _save_timeline_states(s, page_id, p, now)
         page.kind = res.kind or page.kind

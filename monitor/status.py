@@ -71,6 +71,11 @@ def gather(settings_factory, engine_factory, rules_factory) -> Report:
         raise StatusFailure(f"database: {safe_error(exc)}") from None
     except OSError as exc:
         raise StatusFailure(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
+    except Exception as exc:  # noqa: BLE001 - a bug met on odd data: the answer is UNKNOWN, never a traceback
+        import logging
+
+        logging.getLogger("monitor.status").exception("cannot compute the verdict")
+        raise StatusFailure(f"cannot compute the verdict ({type(exc).__name__}: {exc})") from None
     return report
 
 

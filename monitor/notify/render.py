@@ -144,6 +144,7 @@ class _Facts:
     title: str
     who: str
     uploads: bool
+    again: bool              # the incident reopened: "wait again", then "resolved again"
     status: str
     impact: str
     components: tuple[str, ...]
@@ -175,7 +176,8 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
     comps = tuple(dict.fromkeys(c for c in (clean_line(x) for x in (p.get("components") or [])) if c))
     return _Facts(
         event=event, kind=kind, title=cap(clean_line(p.get("title")) or "(untitled incident)", TITLE_MAX),
-        who=who, uploads=bool(tags.intersection(UPLOAD_TAGS)) or not tags,
+        who=who, again=p.get("reopened") is True,
+        uploads=p["uploads"] if isinstance(p.get("uploads"), bool) else bool(tags.intersection(UPLOAD_TAGS)) or not tags,
         status=_STATUS_WORDS.get(status, status[:1].upper() + status[1:]) or "Unknown",
         impact=clean_line(p.get("impact")) or "unknown", components=comps, started=started,
         resolved=resolved_at if kind == "resolved" else None,
@@ -186,17 +188,21 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
 
 def _title(f: _Facts) -> str:
     word = {"wait": "Wait", "resolved": "Resolved", "test": "Test"}[f.kind]
-    return cap(f"{word}: {f.title}", TITLE_MAX)
+    return cap(f"{word}{' again' * (f.again and f.kind != 'test')}: {f.title}", TITLE_MAX)
 
 
 def _verdict(f: _Facts) -> tuple[str, str]:
     """(the lead, bold where the format allows, and the rest of the verdict), plain text."""
+    again = " again" if f.again else ""
     if f.kind == "resolved":
-        return (f"Resolved after {f.duration}." if f.duration else "Resolved."), \
+        return (f"Resolved{again} after {f.duration}." if f.duration else f"Resolved{again}."), \
             "If uploads still fail, troubleshoot locally:"
     what = "an active incident affecting file uploads" if f.uploads else "an active incident"
-    return "Wait:", (f"{f.who} reports {what}. Retrying now will likely fail; "
-                     "this message will update when it is resolved.")
+    if f.again:
+        what = ("an incident affecting file uploads" if f.uploads else "an incident") + \
+            " it had resolved: it is active again"
+    return f"Wait{again}:", (f"{f.who} reports {what}. Retrying now will likely fail; "
+                             "this message will update when it is resolved.")
 
 
 def _fact_lines(f: _Facts) -> list[tuple[str, str]]:
