@@ -74,10 +74,12 @@ class Change:
             return f"{s.page_incident_id}:opened"
         if self.event == "resolved":
             return f"{s.page_incident_id}:resolved:{_key_time(s.resolved_at)}"
+        # the latest update by its status and how many updates with that status the incident has had: the
+        # same whichever source showed it (only some sources carry update ids, and their times differ)
         last = s.latest_update()
-        ident = (last.page_update_id or f"{last.status}:{_key_time(last.published_at)}:{text_key(last.body)[:60]}"
-                 if last else s.status)
-        return f"{s.page_incident_id}:updated:{ident}"
+        status = last.status if last else s.status
+        n = sum(1 for u in s.updates if u.status == status)
+        return f"{s.page_incident_id}:updated:{status or 'update'}#{n}"
 
 
 def _key_time(t: datetime | None) -> str:

@@ -110,7 +110,10 @@ def test_dedupe_key_is_stable_across_sources_and_repolls():
                           "identified")], NOW)
     up2 = merge(s, [feed("identified", TEXT2, T0 + timedelta(minutes=30))], NOW)
     assert up1.event == up2.event == "updated"
-    assert up1.state.latest_update().body == up2.state.latest_update().body
+    assert up1.dedupe_key == up2.dedupe_key == f"{ID}:updated:identified#1"
+    # a second update with the same status is a new key, and so is the reopening's
+    up3 = merge(up1.state, [feed("identified", TEXT1 + " More.", T0 + timedelta(minutes=50))], NOW)
+    assert up3.dedupe_key == f"{ID}:updated:identified#2"
 
 
 def test_feed_component_name_maps_to_stored_id_but_ambiguous_login_stays_by_name():
