@@ -85,12 +85,9 @@ Latest update (Identified, 2024-05-08 02:11 UTC):
 Details: {URL}"""
 
 
-def test_resolved_text_exact():
-    m = render(RESOLVED_P, "text")
-    assert m.title == "Resolved: Elevated errors uploading files in ChatGPT"
-    assert m.kind == "resolved"
-    assert m.body == f"""\
-Resolved after 15 h 58 min. If uploads still fail, troubleshoot locally:
+def resolved_text(lead: str = "Resolved after 15 h 58 min.") -> str:
+    return f"""\
+{lead} If uploads still fail, troubleshoot locally:
 {CHECKLIST_TEXT}
 
 Status: Resolved
@@ -103,6 +100,27 @@ Latest update (Resolved, 2024-05-08 16:37 UTC):
 {RESOLVED}
 
 Details: {URL}"""
+
+
+def test_resolved_text_exact():
+    m = render(RESOLVED_P, "text")
+    assert m.title == "Resolved: Elevated errors uploading files in ChatGPT"
+    assert m.kind == "resolved"
+    assert m.body == resolved_text()
+
+
+def test_reopened_incident_says_wait_again_then_resolved_again():
+    reopened = payload("updated", "monitoring", "Errors are back; we are monitoring a second fix.",
+                       "2024-05-08T18:00:00Z")
+    m = render({**reopened, "reopened": True}, "text")
+    assert m.title == "Wait again: Elevated errors uploading files in ChatGPT"
+    assert m.kind == "wait"
+    assert m.body.startswith("Wait again: OpenAI reports an incident affecting file uploads it had resolved: it is "
+                             "active again. Retrying now will likely fail; this message will update when it is "
+                             "resolved.\n\nStatus: Monitoring\n")
+    again = render({**RESOLVED_P, "reopened": True}, "text")
+    assert again.title == "Resolved again: Elevated errors uploading files in ChatGPT"
+    assert again.body == resolved_text("Resolved again after 15 h 58 min.")
 
 
 def test_updated_to_postmortem_uses_resolved_wording():
@@ -133,7 +151,7 @@ this message will update when it is resolved.
 
 def test_resolved_email_html_exact():
     m = render(RESOLVED_P, "email")
-    assert m.body == render(RESOLVED_P, "text").body
+    assert m.body == resolved_text()          # the plain part of the mail is the text message
     assert m.html == (
         "<p><strong>Resolved after 15 h 58 min.</strong> If uploads still fail, troubleshoot locally:</p>\n"
         "<ol><li>Reload the page, or sign out and back in.</li>"
