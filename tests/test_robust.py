@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import faults_report
 from helpers import db_rows, history, run, write_config
 from replay import (
     COMPONENT_FILE_UPLOADS, INCIDENT_CHATGPT_LOGIN, INCIDENT_FILE_EXPIRED, INCIDENT_FILE_PROCESSING, Fault, IncidentIoPage, ReplayIncident,
@@ -162,6 +163,10 @@ def test_backoff_after_2000_failures(tmp_path):
     assert fails == 2001
     wait = datetime.fromisoformat(not_before).replace(tzinfo=UTC) - started
     assert timedelta(seconds=890) < wait <= timedelta(seconds=910)
+    faults_report.record("page", "90", [
+        "`dead-for-weeks`", "HTTP 500, with 2,000 failed polls already stored (about 3 weeks at the cap)",
+        "all sources", f"exit 1: {r.output.strip().replace(srv.base_url, '').removeprefix('Error: ')}",
+        "consecutive_failures 2001; not_before = now + 900 s (the exponent is capped)"])
 
 
 def test_config_tag_counts_as_upload_related(tmp_path):
@@ -205,6 +210,10 @@ def test_atlassian_feed_times_in_an_unknown_zone_are_not_guessed(tmp_path, opena
         cfg = write_config(tmp_path, {"openai": srv.base_url}, history_days=0)
         out = run(cfg, "poll").output
     assert re.search(r"update times in PDT left out: not a zone word of the page's time zone \(not known yet\)", out), out
+    faults_report.record("page", "91", [
+        "`local-times-unknown-zone`", "Atlassian feed times in PDT while every JSON answer (which names the "
+        "page's `time_zone`) fails", "`/api/*`", f"exit 0: {out.strip().replace(srv.base_url, '')}",
+        "none: the page answered"])
     wrong = {u.at.replace(tzinfo=None) + timedelta(hours=-7) for i in incs for u in i.updates}  # local read as UTC
     stored = {datetime.fromisoformat(t) for t, in db_rows(tmp_path / "m.db", "select published_at from updates")}
     assert not wrong & {t.replace(microsecond=0) for t in stored}
