@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
 
 import click
+
+from monitor.records import cap, now_utc
 
 log = logging.getLogger("monitor")
 
@@ -85,18 +86,15 @@ def short(t: str | None) -> str:
     return t.replace("T", " ")[:16] if t else "-"
 
 
-def clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
 def parse_date(_ctx, _param, value):
+    from monitor.records import parse_iso
+
     if value is None:
         return None
-    try:
-        d = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2025-01-01") from None
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    d = parse_iso(value)
+    if d is None:
+        raise click.BadParameter(f"{value!r} is not a date like 2025-01-01")
+    return d
 
 
 class MonitorGroup(click.Group):
@@ -172,7 +170,7 @@ def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
         return emit_json(rows)
     if not rows:
         return click.echo("No matching incidents stored." + ("" if all_incidents else " (Try --all.)"))
-    click.echo(table([[short(r["started_at"]), r["page"], r["status"], r["impact"], clip(r["title"], 60),
+    click.echo(table([[short(r["started_at"]), r["page"], r["status"], r["impact"], cap(r["title"], 60),
                        ",".join(r["tags"]) or "-", str(r["messages_sent"])] for r in rows],
                      ["started (UTC)", "page", "status", "impact", "title", "tags", "sent"]))
 
@@ -233,7 +231,7 @@ def backfill(c: Ctx, since, pages):
         async with client() as http:
             out = []
             for ps in [settings.page(n) for n in pages] if pages else settings.pages:
-                start = since or datetime.now(timezone.utc) - timedelta(days=ps.history_days)
+                start = since or now_utc() - timedelta(days=ps.history_days)
                 out.append(await run_backfill(settings, ps, engine, http, rules, since=start, details=True))
             return out
 
@@ -330,7 +328,7 @@ def outbox(c: Ctx, include_sent, limit, as_json):
         return click.echo("Nothing pending or failed." if not include_sent else "No messages.")
     click.echo(table([[str(r["id"]), r["state"], r["event"], r["notifier"], str(r["attempts"]),
                        short(r["next_attempt_at"] if r["state"] == "pending" else r["sent_at"]),
-                       clip(r["key"], 50), clip(r["last_error"] or "", 60)] for r in rows],
+                       cap(r["key"], 50), cap(r["last_error"] or "", 60)] for r in rows],
                      ["id", "state", "event", "notifier", "tries", "next/sent (UTC)", "incident", "last error"]))
 
 

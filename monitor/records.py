@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem")
 OPEN_STATUSES = ("investigating", "identified", "monitoring")
@@ -26,9 +26,32 @@ def backoff(n: int, base: float, cap: float) -> float:
     return min(cap, base * 2 ** min(max(n - 1, 0), 64))
 
 
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def iso_z(t: datetime | None) -> str | None:
     """ISO 8601 UTC with a Z, as every JSON output and message payload writes times."""
     return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def parse_iso(value) -> datetime | None:
+    """ISO 8601 (a Z, an offset or none: UTC; 2- or 3-digit fractions) as aware UTC; None when `value` is
+    not such a string."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def cap(s: str, limit: int) -> str:
+    """`s` cut to at most `limit` characters, ending in "…" when cut."""
+    if limit <= 0 or len(s) <= limit:
+        return s
+    return s[: max(limit - 1, 0)].rstrip() + "…"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+from monitor.records import cap, parse_iso
 from monitor.tags import UPLOAD_TAGS
 from monitor.verdict import CHECKLIST
 
@@ -70,13 +71,6 @@ def clean_line(s: object) -> str:
     return " ".join(clean_text(s).split())
 
 
-def cap(s: str, limit: int) -> str:
-    """`s` cut to at most `limit` characters, ending in "…" when cut."""
-    if limit <= 0 or len(s) <= limit:
-        return s
-    return s[: max(limit - 1, 0)].rstrip() + "…"
-
-
 def safe_link(url: object) -> str | None:
     """The URL when it is a plain http(s) link, else None (javascript:, data:, relative, odd characters)."""
     if not isinstance(url, str):
@@ -104,16 +98,6 @@ def _slack_url(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ time words
-
-def parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-
 
 def utc_words(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -166,8 +150,8 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
     who = "OpenAI" if page.lower() in ("", "openai") else f"The {page} status page"
     tags = {clean_line(t) for t in (p.get("tags") or []) if t}
     upd = p.get("update") if isinstance(p.get("update"), dict) else {}
-    started, resolved_at = parse_time(p.get("started_at")), parse_time(p.get("resolved_at"))
-    update_at = parse_time(upd.get("published_at"))
+    started, resolved_at = parse_iso(p.get("started_at")), parse_iso(p.get("resolved_at"))
+    update_at = parse_iso(upd.get("published_at"))
     duration = None
     if kind == "resolved" and started:
         end = resolved_at or update_at or now

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from monitor.records import STATUSES, SourceResult, iso_z
+from monitor.records import STATUSES, SourceResult, cap, iso_z, now_utc, parse_iso
 
 EARLIEST = datetime(2010, 1, 1, tzinfo=timezone.utc)
 log = logging.getLogger("monitor.sources")
@@ -24,10 +24,6 @@ log = logging.getLogger("monitor.sources")
 
 class ParseError(Exception):
     """A body was not the JSON or feed we expected (one-line message): the error of that one source."""
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +94,8 @@ class PageKind:
 
 
 def one_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """An exception's message on one line, capped."""
+    return cap(" ".join(str(exc).split()) or type(exc).__name__, limit)
 
 
 def by_cause(what: str, failures: list[str], unit: str = "incident") -> list[str]:
@@ -128,7 +124,7 @@ def plausible(t: datetime | None, now: datetime | None = None, rejected: list | 
     noted in `rejected`: such times come from a broken page, not from an incident."""
     if t is None:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or now_utc()
     if t < EARLIEST or t > now + timedelta(days=1):
         if rejected is not None:
             rejected.append(t)
@@ -139,15 +135,7 @@ def plausible(t: datetime | None, now: datetime | None = None, rejected: list | 
 def parse_time(value, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
     """ISO 8601 (Z, 2- or 3-digit fractions) to aware UTC. Implausible times count as missing (and are
     noted in `rejected`), see `plausible`."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        t = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return plausible(t.astimezone(timezone.utc), now, rejected)
+    return plausible(parse_iso(value), now, rejected)
 
 
 def struct_time_utc(t, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
@@ -213,13 +201,20 @@ def canonical_url(base_url: str, incident_id: str) -> str:
     return f"{base_url.rstrip('/')}/incidents/{incident_id}"
 
 
-_TAG = re.compile(r"<[^>]+>")
-_BREAK = re.compile(r"<\s*(br|/p|/li|/ul|/div|p)\b[^>]*>", re.I)
+_TAG = re.compile(r"<[A-Za-z/!][^>]*>")
+_BREAK = re.compile(r"<\s*(?:br|p|/p|li|/li|/ul|div|/div|/h[1-6])\b[^>]*>", re.I)
+
+
+def strip_html(text: str, tag: str = "") -> str:
+    """HTML tags out (line-breaking ones become newlines, the others `tag`), entities decoded."""
+    if "<" in text:
+        text = _TAG.sub(tag, _BREAK.sub("\n", text))
+    return html.unescape(text) if "&" in text else text
 
 
 def html_to_text(fragment: str) -> str:
-    text = _BREAK.sub("\n", fragment or "")
-    text = html.unescape(_TAG.sub("", text))
+    """A page's HTML fragment as plain text: one space between words, at most one blank line."""
+    text = strip_html(fragment or "")
     lines = [re.sub(r"[ \t\r\f\v]+", " ", ln).strip() for ln in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
