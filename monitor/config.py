@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 APP = "openai-status-monitor"
-IMPACTS = ("none", "minor", "major", "critical")
 EVENTS = ("opened", "updated", "resolved")
 DEFAULT_TAGS = ("file-upload", "file-expired", "data-analysis")
 
@@ -105,8 +104,9 @@ class NotifierSettings(_Frozen):
             return False
         if "*" not in self.tags and not tags.intersection(self.tags):
             return False
-        rank = {v: i for i, v in enumerate(IMPACTS)}
-        return rank.get(impact, 0) >= rank[self.min_impact]
+        from monitor.records import impact_rank
+
+        return impact_rank(impact) >= impact_rank(self.min_impact)
 
 
 class NotifySettings(_Frozen):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from monitor.records import worst_impact
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 CHECKLIST = (
@@ -53,7 +55,7 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime) -
     current = [i for i in incidents if i.get("page") not in stale]
     why_stale = "; ".join(_stale_reason(p, now) for p in pages if p.name in stale)
     if current:
-        worst = max((i.get("impact") or "none" for i in current), key=_impact_rank)
+        worst = worst_impact(i.get("impact") for i in current)
         code = CRITICAL if worst in ("major", "critical") else WARNING
         n = len(current)
         reason = f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: {worst})"
@@ -61,11 +63,6 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime) -
     if stale:
         return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale)
     return Verdict("troubleshoot-locally", OK, "no upload-related incident is open", incidents)
-
-
-def _impact_rank(impact: str) -> int:
-    order = ("none", "minor", "major", "critical")
-    return order.index(impact) if impact in order else 0
 
 
 def age_words(seconds: float) -> str:
