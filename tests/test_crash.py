@@ -196,8 +196,23 @@ def test_sigkill_anywhere_loses_nothing_and_repeats_at_most_once(tmp_path, opena
 
 
 def _migrating(db: Path) -> bool:
-    """True while another connection holds the store's write lock: the migration's one transaction is open
-    (it runs under BEGIN IMMEDIATE), so a kill now lands inside it, before its commit."""
+    """True while another process migrates the store (it holds the lock file beside it) and holds the
+    store's write lock: the migration's one transaction is open (BEGIN IMMEDIATE), so a kill now lands
+    inside it, before its commit."""
+    import fcntl
+
+    try:
+        fd = os.open(f"{db}.lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False            # nobody is migrating
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     try:
         con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=0, isolation_level=None)
     except sqlite3.Error:
@@ -219,13 +234,13 @@ def test_sigkill_during_the_first_migration_can_be_restarted(tmp_path):
 
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
     db = tmp_path / "m.db"
-    for _attempt in range(10):   # the transaction lasts a few ms: try again until a kill lands inside it
+    for _attempt in range(10):   # the transaction is short: try again until a kill lands inside it
         for f in tmp_path.glob("m.db*"):
             f.unlink()
         p = subprocess.Popen([MONITOR, "--config", str(cfg), "db", "upgrade"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
         wait_for(lambda: p.poll() is not None or _migrating(db), 60)
-        time.sleep(random.uniform(0.05, 0.3))     # well inside it (it holds the lock for about a second here)
+        time.sleep(random.uniform(0, 0.01))      # it holds the lock for 40-150 ms here
         if p.poll() is None and _migrating(db):
             p.send_signal(signal.SIGKILL)
             p.communicate(timeout=30)

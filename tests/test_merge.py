@@ -128,3 +128,13 @@ def test_operational_feed_component_is_not_evidence_and_nothing_is_removed():
     s = merge(None, [feed("investigating", TEXT1, T0)], NOW).state
     s2 = merge(s, [feed("investigating", TEXT1, T0, comps=())], NOW).state
     assert [c.name for c in s2.components] == ["File uploads"]
+
+
+def test_list_entry_text_kept_when_the_timeline_has_it_empty():
+    """Issue 16: a window list's update text stays when the incident's timeline later gives that update
+    (same id) without text."""
+    listed = merge(None, [proxy([("investigating", TEXT1, T0)], "investigating")], NOW).state
+    uid = listed.updates[0].page_update_id
+    later = merge(listed, [proxy([("investigating", "", T0)], "investigating")], NOW)
+    assert uid and later.state.updates[0].page_update_id == uid
+    assert [u.body for u in later.state.updates] == [TEXT1] and not later.new_updates
