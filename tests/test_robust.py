@@ -165,7 +165,7 @@ def test_backoff_after_2000_failures(tmp_path):
     assert fails == 2001
     wait = datetime.fromisoformat(not_before).replace(tzinfo=UTC) - started
     assert timedelta(seconds=890) < wait <= timedelta(seconds=910)
-    faults_report.record("page", "90", [
+    faults_report.record("page", "95", [
         "`dead-for-weeks`", "HTTP 500, with 2,000 failed polls already stored (about 3 weeks at the cap)",
         "all sources", f"exit 1: {said}",
         "consecutive_failures 2001; not_before = now + 900 s (the exponent is capped)"])
@@ -212,7 +212,7 @@ def test_atlassian_feed_times_in_an_unknown_zone_are_not_guessed(tmp_path, opena
         cfg = write_config(tmp_path, {"openai": srv.base_url}, history_days=0)
         out = run(cfg, "poll").output.strip().replace(srv.base_url, "")
     assert re.search(r"update times in PDT left out: not a zone word of the page's time zone \(not known yet\)", out), out
-    faults_report.record("page", "91", [
+    faults_report.record("page", "96", [
         "`local-times-unknown-zone`", "Atlassian feed times in PDT while every JSON answer (which names the "
         "page's `time_zone`) fails", "`/api/*`", f"exit 0: {out}",
         "none: the page answered"])
