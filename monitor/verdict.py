@@ -66,15 +66,19 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime) -
 
 
 def age_words(seconds: float) -> str:
-    """A short age: 42 s, 5 min, 3 h, 2 days."""
-    s = max(0, int(seconds))
+    """A short duration or age, rounded down: 42 s, 45 min, 2 h 11 min, 1 d 3 h (messages and status alike)."""
+    s = int(max(seconds, 0))
     if s < 120:
         return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 2 * 86400:
-        return f"{s // 3600} h"
-    return f"{s // 86400} days"
+    minutes = s // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 24 * 60:
+        h, m = divmod(minutes, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, rest = divmod(minutes, 24 * 60)
+    h = rest // 60
+    return f"{d} d {h} h" if h else f"{d} d"
 
 
 def _stale_reason(p: PageHealth, now: datetime) -> str:

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from monitor.notify.render import Message, clean_text, duration_words, render, safe_link
+from monitor.notify.render import Message, clean_text, render, safe_link
+from monitor.verdict import age_words
 
 URL = "https://status.openai.com/incidents/vn8j63zg56hz"
 TITLE = "Elevated errors uploading files in ChatGPT"
@@ -172,10 +173,10 @@ def test_resolved_email_html_exact():
 @pytest.mark.parametrize("seconds, words", [
     (2 * 3600 + 11 * 60, "2 h 11 min"), (2 * 3600 + 11 * 60 + 59, "2 h 11 min"), (45 * 60, "45 min"),
     (27 * 3600, "1 d 3 h"), (27 * 3600 + 59 * 60, "1 d 3 h"), (3600, "1 h"), (2 * 86400, "2 d"),
-    (30, "under 1 min"),
+    (30, "30 s"), (119, "119 s"), (120, "2 min"),
 ])
 def test_duration_words(seconds, words):
-    assert duration_words(seconds) == words
+    assert age_words(seconds) == words
 
 
 @pytest.mark.parametrize("started, resolved, words", [

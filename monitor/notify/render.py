@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from monitor.records import cap, parse_iso
 from monitor.tags import UPLOAD_TAGS
-from monitor.verdict import CHECKLIST
+from monitor.verdict import CHECKLIST, age_words
 
 FORMATS = ("text", "slack", "email")
 TITLE_MAX = 250
@@ -103,21 +103,6 @@ def utc_words(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def duration_words(seconds: float) -> str:
-    """45 min, 2 h 11 min, 1 d 3 h (rounded down to the minute)."""
-    minutes = int(max(seconds, 0) // 60)
-    if minutes < 1:
-        return "under 1 min"
-    if minutes < 60:
-        return f"{minutes} min"
-    if minutes < 24 * 60:
-        h, m = divmod(minutes, 60)
-        return f"{h} h {m} min" if m else f"{h} h"
-    d, rest = divmod(minutes, 24 * 60)
-    h = rest // 60
-    return f"{d} d {h} h" if h else f"{d} d"
-
-
 # ------------------------------------------------------------------------------------------- rendering
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +141,7 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
     if kind == "resolved" and started:
         end = resolved_at or update_at or now
         if end and end >= started:
-            duration = duration_words((end - started).total_seconds())
+            duration = age_words((end - started).total_seconds())
     comps = tuple(dict.fromkeys(c for c in (clean_line(x) for x in (p.get("components") or [])) if c))
     return _Facts(
         event=event, kind=kind, title=cap(clean_line(p.get("title")) or "(untitled incident)", TITLE_MAX),
