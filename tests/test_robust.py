@@ -332,3 +332,30 @@ def test_backfill_takes_updates_from_the_window_lists(tmp_path, window_updates):
     stored = db_rows(tmp_path / "m.db", "select count(*), sum(body != '') from updates")
     assert stored == [(sum(len(i.updates) for i in incs),) * 2]
     assert db_rows(tmp_path / "m.db", "select count(*) from incidents where timeline_complete") == [(len(incs),)]
+
+
+def test_one_boundary_turns_any_exception_into_the_sources_error(caplog):
+    """Whatever a kind's parser raises on an answer is that source's ParseError, logged with its type."""
+    from monitor.sources import kind
+    from monitor.sources.common import Context, ParseError
+
+    ctx = Context("https://status.openai.com", "status.openai.com", T0)
+    api = kind("incidentio")
+    body = json.dumps({"incidents": [{"id": "01ABCDEF", "name": "x", "incident_updates": []}]}).encode()
+    assert api.read("/api/v2/incidents.json", body, "application/json", ctx).incidents[0].page_incident_id == "01ABCDEF"
+
+    class Broken(type(api)):
+        def parse(self, path, body, content_type, ctx):
+            return {}["missing"]
+
+    with pytest.raises(ParseError, match=r"^cannot read this answer \(KeyError: 'missing'\)$"):
+        Broken().read("/api/v2/incidents.json", body, "application/json", ctx)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "incidentio: cannot read /api/v2/incidents.json: KeyError: 'missing'")]
+
+
+def test_unknown_page_kind_is_refused(tmp_path):
+    cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"}, kind="wordpress")
+    r = run(cfg, "poll", ok=None)
+    assert r.exit_code == 1
+    assert r.output == f"Error: {cfg}: pages[0].kind: must be auto or one of statuspage, incidentio\n"
