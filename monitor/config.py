@@ -60,7 +60,7 @@ class PageSettings(_Frozen):
         from monitor.sources import KINDS
 
         if v != "auto" and v not in KINDS:
-            raise ValueError(f"must be auto or one of {', '.join(KINDS)}")
+            raise ValueError(f"must be auto or one of {', '.join(sorted(KINDS))}")
         return v
 
     @field_validator("base_url")

@@ -358,4 +358,4 @@ def test_unknown_page_kind_is_refused(tmp_path):
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"}, kind="wordpress")
     r = run(cfg, "poll", ok=None)
     assert r.exit_code == 1
-    assert r.output == f"Error: {cfg}: pages[0].kind: must be auto or one of statuspage, incidentio\n"
+    assert r.output == f"Error: {cfg}: pages[0].kind: must be auto or one of incidentio, statuspage\n"

@@ -1,9 +1,10 @@
 """The page kinds, one module each behind `common.PageKind`. A new kind is one module and one line here."""
 from __future__ import annotations
 
-KINDS = {  # name (as in the config's `kind` and the store) -> module holding its KIND
-    "statuspage": "monitor.sources.statuspage",
+KINDS = {  # name (as in the config's `kind` and the store) -> module holding its KIND; the first that
+    # recognises a page is its kind, so the most general (Atlassian Statuspage) comes last
     "incidentio": "monitor.sources.incidentio",
+    "statuspage": "monitor.sources.statuspage",
 }
 
 
@@ -15,17 +16,16 @@ def kind(name: str):
 
 
 def detect(summary: bytes | None, feed: bytes | None) -> str | None:
-    """Which kind serves these answers: incident.io pages have no `time_zone` in summary.json's page and name
-    `incident.io` as their feed's generator."""
+    """Which kind serves a page, from its `/api/v2/summary.json` or else its `/history.atom`."""
     from monitor.sources.common import ParseError, load_json
 
+    page = None
     if summary is not None:
         try:
             data = load_json(summary, "summary.json")
         except ParseError:
             data = None
-        if isinstance(data, dict) and isinstance(data.get("page"), dict):
-            return "statuspage" if "time_zone" in data["page"] else "incidentio"
-    if feed is not None:
-        return "incidentio" if b"incident.io" in feed[:4000] else "statuspage"
-    return None
+        page = data.get("page") if isinstance(data, dict) and isinstance(data.get("page"), dict) else None
+    if page is None and feed is None:
+        return None
+    return next((name for name in KINDS if kind(name).recognises(page, None if page else feed)), None)

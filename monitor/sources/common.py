@@ -60,6 +60,11 @@ class PageKind:
     timelines = False                       # True: lists lack full timelines; fetch `timeline_path`s
     history = False                         # True: `backfill` offers incidents older than the lists
 
+    def recognises(self, summary_page: dict | None, feed: bytes | None) -> bool:
+        """Whether a page is of this kind, from the `page` object of its summary.json or, without one, from
+        its history feed."""
+        return False
+
     def paths(self, fetched_at: dict[str, datetime | None], now: datetime) -> list[str]:
         """The paths to fetch on this poll, given when each was last read."""
         out = list(self.poll_paths)

@@ -32,6 +32,12 @@ class IncidentIo(PageKind):
     components_path = "/api/v2/components.json"
     timelines = history = True
 
+    def recognises(self, summary_page: dict | None, feed: bytes | None) -> bool:
+        # no `time_zone` in summary.json's page; the feed names incident.io as its generator
+        if summary_page is not None:
+            return "time_zone" not in summary_page
+        return feed is not None and b"incident.io" in feed[:4000]
+
     def parse(self, path: str, body: bytes, content_type: str, ctx: Context) -> SourceResult:
         if path == self.components_path:
             return statuspage.parse_components_json(body)

@@ -22,6 +22,10 @@ class Statuspage(PageKind):
     poll_paths = ("/api/v2/incidents.json", "/history.atom")
     components_path = "/api/v2/components.json"
 
+    def recognises(self, summary_page: dict | None, feed: bytes | None) -> bool:
+        # summary.json's page names the page's time zone; any other history feed is taken for Atlassian's
+        return "time_zone" in summary_page if summary_page is not None else feed is not None
+
     def parse(self, path: str, body: bytes, content_type: str, ctx: Context) -> SourceResult:
         if path == self.components_path:
             return parse_components_json(body)
