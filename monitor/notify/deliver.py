@@ -25,7 +25,7 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Mapping
 
 from sqlalchemy import select
@@ -81,7 +81,9 @@ def configured_channel(ns: NotifierSettings) -> Channel:
 
 
 def _now(now: datetime | None) -> datetime:
-    now = now or datetime.now(timezone.utc)
+    from monitor.records import now_utc
+
+    now = now or now_utc()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return now
@@ -229,7 +231,9 @@ def deliver_due(settings: Settings, engine: Engine, *, now: datetime | None = No
 def sample_payload(now: datetime | None = None) -> dict:
     """A made-up open upload incident (wording of the real 2024-05-07 one), for test messages."""
     now = _now(now).replace(microsecond=0)
-    at = now.isoformat().replace("+00:00", "Z")
+    from monitor.records import iso_z
+
+    at = iso_z(now)
     return {
         "event": "test", "page": "openai", "id": "test",
         "title": "Elevated errors uploading files in ChatGPT (sample incident)",
