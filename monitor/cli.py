@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
 
 import click
+
+from monitor.records import cap, now_utc
 
 log = logging.getLogger("monitor")
 
@@ -98,18 +99,15 @@ def short(t: str | None) -> str:
     return t.replace("T", " ")[:16] if t else "-"
 
 
-def clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
 def parse_date(_ctx, _param, value):
+    from monitor.records import parse_iso
+
     if value is None:
         return None
-    try:
-        d = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2025-01-01") from None
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    d = parse_iso(value)
+    if d is None:
+        raise click.BadParameter(f"{value!r} is not a date like 2025-01-01")
+    return d
 
 
 class MonitorGroup(click.Group):
@@ -187,14 +185,15 @@ def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
 
     reader = c.reader()
     try:
-        rows = h.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit)
+        rows = h.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit,
+                         upload_tags=c.settings.upload_tags)
     finally:
         reader.close()
     if as_json:
         return emit_json(rows)
     if not rows:
         return click.echo("No matching incidents stored." + ("" if all_incidents else " (Try --all.)"))
-    click.echo(table([[short(r["started_at"]), r["page"], r["status"], r["impact"], clip(r["title"], 60),
+    click.echo(table([[short(r["started_at"]), r["page"], r["status"], r["impact"], cap(r["title"], 60),
                        ",".join(r["tags"]) or "-", str(r["messages_sent"])] for r in rows],
                      ["started (UTC)", "page", "status", "impact", "title", "tags", "sent"]))
 
@@ -261,7 +260,7 @@ def backfill(c: Ctx, since, pages):
         async with client() as http:
             out = []
             for ps in [settings.page(n) for n in pages] if pages else settings.pages:
-                start = since or datetime.now(timezone.utc) - timedelta(days=ps.history_days)
+                start = since or now_utc() - timedelta(days=ps.history_days)
                 out.append(await run_backfill(settings, ps, engine, http, rules, since=start, details=True))
             return out
 
@@ -311,10 +310,6 @@ def run(c: Ctx):
         settings = c.settings
         if settings.probe:
             settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
-        if settings.notifiers:
-            from monitor.notify.channels import validate
-
-            validate(settings.notifiers)
         service.run(settings, c.engine(migrate_in_child=True), c.rules())
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handlers: nothing to clean up
         sys.exit(130)
@@ -407,7 +402,7 @@ def outbox(c: Ctx, include_sent, limit, as_json):
         return click.echo("Nothing pending or failed." if not include_sent else "No messages.")
     click.echo(table([[str(r["id"]), r["state"], r["event"], r["notifier"], str(r["attempts"]),
                        short(r["next_attempt_at"] if r["state"] == "pending" else r["sent_at"]),
-                       clip(r["key"], 50), clip(r["last_error"] or "", 60)] for r in rows],
+                       cap(r["key"], 50), cap(r["last_error"] or "", 60)] for r in rows],
                      ["id", "state", "event", "notifier", "tries", "next/sent (UTC)", "incident", "last error"]))
 
 
@@ -416,12 +411,9 @@ def outbox(c: Ctx, include_sent, limit, as_json):
 @pass_ctx
 def notify_test(c: Ctx, name):
     """Send a sample message through each channel and report success or the error, per channel."""
-    from monitor.notify.channels import validate
     from monitor.notify.deliver import send_test
 
-    settings = c.settings
-    validate(settings.notifiers)
-    results = send_test(settings, name)
+    results = send_test(c.settings, name)
     for notifier, ok, error in results:
         click.echo(f"{notifier}: " + ("sent" if ok else f"FAILED: {error}"))
     if not all(ok for _, ok, _ in results):

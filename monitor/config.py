@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -11,7 +12,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 APP = "openai-status-monitor"
-IMPACTS = ("none", "minor", "major", "critical")
 EVENTS = ("opened", "updated", "resolved")
 DEFAULT_TAGS = ("file-upload", "file-expired", "data-analysis")
 
@@ -27,16 +27,41 @@ class _Frozen(BaseModel):
 class DatabaseSettings(_Frozen):
     url: str = "sqlite:///monitor.db"
 
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError("not a database URL such as sqlite:///monitor.db") from None
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database driver {url.drivername!r}") from None
+        return v
+
 
 class PageSettings(_Frozen):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     base_url: str
-    kind: Literal["auto", "statuspage", "incidentio"] = "auto"
+    kind: str = Field("auto", description="auto, or a page kind of monitor.sources.KINDS")
     poll_interval: float = Field(60, ge=1, le=86400)
     history_days: int = Field(365, ge=0, le=3650)
     deadline: float = Field(30, gt=0, le=600, description="seconds a whole poll may take")
     max_response_mb: float = Field(10, gt=0, le=1024)
     proxy_host: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from monitor.sources import KINDS
+
+        if v != "auto" and v not in KINDS:
+            raise ValueError(f"must be auto or one of {', '.join(sorted(KINDS))}")
+        return v
 
     @field_validator("base_url")
     @classmethod
@@ -79,8 +104,9 @@ class NotifierSettings(_Frozen):
             return False
         if "*" not in self.tags and not tags.intersection(self.tags):
             return False
-        rank = {v: i for i, v in enumerate(IMPACTS)}
-        return rank.get(impact, 0) >= rank[self.min_impact]
+        from monitor.records import impact_rank
+
+        return impact_rank(impact) >= impact_rank(self.min_impact)
 
 
 class NotifySettings(_Frozen):
@@ -179,6 +205,21 @@ class Settings(_Frozen):
             raise ValueError(f"notifier names must be unique and not 'log': {names}")
         return v
 
+    @model_validator(mode="after")
+    def _notifiers_follow_tags(self):
+        """A notifier without its own `tags` hears about every upload-related tag, the config's included."""
+        if any(t not in DEFAULT_TAGS for t in self.tags):
+            fixed = tuple(n if "tags" in n.model_fields_set else n.model_copy(update={"tags": self.upload_tags})
+                          for n in self.notifiers)
+            object.__setattr__(self, "notifiers", fixed)
+        return self
+
+    @property
+    def upload_tags(self) -> tuple[str, ...]:
+        """What counts as upload-related everywhere (verdict, history, messages): the built-in tags and every
+        tag the config's [tags.<tag>] tables add."""
+        return DEFAULT_TAGS + tuple(t for t in self.tags if t not in DEFAULT_TAGS)
+
     def page(self, name: str) -> PageSettings:
         for p in self.pages:
             if p.name == name:
@@ -201,11 +242,11 @@ def state_dir() -> Path:
 
 def resolve_database_url(url: str) -> str:
     """Relative SQLite paths live in the state directory (under systemd the working directory is /)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+    m = re.match(r"sqlite(\+\w+)?:///(?!/)", url)
+    if m and ":memory:" not in url:
         base = state_dir()
         base.mkdir(parents=True, exist_ok=True)
-        return prefix + str(base / url[len(prefix):])
+        return m.group(0) + str(base / url[m.end():])
     return url
 
 
@@ -245,6 +286,13 @@ def load(path: str | os.PathLike | None = None, *, warn=None) -> Settings:
         build_rules(settings.tags)
     except ValueError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    if settings.notifiers:  # a URL no channel can deliver to is refused by every command, not only `run`
+        from monitor.notify.channels import validate
+
+        try:
+            validate(settings.notifiers)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
     if warn and any(n.url for n in settings.notifiers):
         try:
             if p.stat().st_mode & stat.S_IROTH:

@@ -27,11 +27,13 @@ def incident_dict(row: Incident) -> dict:
 
 
 def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: bool = False,
-            since: datetime | None = None, page: str | None = None, limit: int | None = None) -> list[dict]:
-    """Incidents newest first; by default only the upload-related ones. Plain SQL through a db.Reader:
-    this lists tens of thousands of rows, which the ORM would turn into objects for nothing."""
+            since: datetime | None = None, page: str | None = None, limit: int | None = None,
+            upload_tags: tuple[str, ...] = UPLOAD_TAGS) -> list[dict]:
+    """Incidents newest first; by default only the upload-related ones (`upload_tags`: the settings'
+    `upload_tags`, which include the tags the config adds). Plain SQL through a db.Reader: this lists tens
+    of thousands of rows, which the ORM would turn into objects for nothing."""
     where, params = [], {}
-    wanted = list(tags or ()) or (None if all_incidents else list(UPLOAD_TAGS))
+    wanted = list(tags or ()) or (None if all_incidents else list(upload_tags))
     if wanted:
         tag_in, p = in_list("tag", wanted)
         where.append(f"i.id IN (SELECT incident_id FROM tags WHERE tag IN {tag_in})")
@@ -150,7 +152,7 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
 
     names, p_names = in_list("name", [p.name for p in settings.pages])
     statuses, p_statuses = in_list("status", OPEN_STATUSES)
-    tags, p_tags = in_list("tag", UPLOAD_TAGS)
+    tags, p_tags = in_list("tag", settings.upload_tags)
     params = {**p_names, **p_statuses, **p_tags}
     chosen = (f"SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name IN {names} "
               f"AND i.status IN {statuses} AND i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags})")

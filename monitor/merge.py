@@ -6,17 +6,22 @@ Rules (each one answers a way a real page misleads a naive poller):
   re-resolve an incident, and an in-place feed item rewritten with the same text is no change;
 - an update is the same update when its page id matches, its text matches (ignoring markup), or it has the
   same status close in time while one side has no text; a text once stored is never replaced by an empty one;
-- a feed item's component list is live state, not history, and never removes components.
+- a feed item's component list is live state, not history, and never removes components;
+- impact comes from the best source that gives one (the proxy's, ranked from its component impacts, then
+  the API's); a source that omits impact, or ranks below the one that set it, never changes it;
+- an incident can reopen (resolved -> monitoring -> resolved): its resolution is the first "resolved" update
+  after its last open one, so each resolution is its own change with its own message.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from monitor.records import OPEN_STATUSES, ComponentRec, IncidentRec, UpdateRec
+from monitor.records import (
+    CLOSED_STATUSES, OPEN_STATUSES, ComponentRec, IncidentRec, UpdateRec, impact_rank, worst_impact,
+)
 from monitor.sources.common import norm_impact, text_key
 
-IMPACT_RANK = {"none": 0, "minor": 1, "major": 2, "critical": 3}
 SOURCE_PRIORITY = {"proxy": 0, "api": 1, "feed": 2}  # which source's scalar fields win when they disagree
 NEAR = timedelta(minutes=2)
 NEAR_EMPTY = timedelta(hours=1)
@@ -44,6 +49,11 @@ class IncidentState:
     def latest_update(self) -> UpdateRec | None:
         return self.updates[-1] if self.updates else None
 
+    @property
+    def reopened(self) -> bool:
+        """Resolved once, then an update with an open status: people who were told "resolved" must wait again."""
+        return _last_open(self.updates) > _first_resolved(self.updates) >= 0
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -54,7 +64,6 @@ class Change:
     event: str | None                    # opened | updated | resolved | None
     new_updates: tuple[UpdateRec, ...] = ()
     changed: bool = True                 # False: nothing to write
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def dedupe_key(self) -> str:
@@ -64,15 +73,26 @@ class Change:
         if self.event == "opened":
             return f"{s.page_incident_id}:opened"
         if self.event == "resolved":
-            return f"{s.page_incident_id}:resolved:{_iso(s.resolved_at)}"
+            return f"{s.page_incident_id}:resolved:{_key_time(s.resolved_at)}"
+        # the latest update by its status and how many updates with that status the incident has had: the
+        # same whichever source showed it (only some sources carry update ids, and their times differ)
         last = s.latest_update()
-        ident = (last.page_update_id or f"{last.status}:{_iso(last.published_at)}:{text_key(last.body)[:60]}"
-                 if last else s.status)
-        return f"{s.page_incident_id}:updated:{ident}"
+        status = last.status if last else s.status
+        n = sum(1 for u in s.updates if u.status == status)
+        return f"{s.page_incident_id}:updated:{status or 'update'}#{n}"
 
 
-def _iso(t: datetime | None) -> str:
+def _key_time(t: datetime | None) -> str:
+    # the format of keys already in stores: changing it would make a change seen again look new
     return t.isoformat() if t else "-"
+
+
+def _last_open(updates) -> int:
+    return max((i for i, u in enumerate(updates) if u.status in OPEN_STATUSES), default=-1)
+
+
+def _first_resolved(updates) -> int:
+    return next((i for i, u in enumerate(updates) if u.status in CLOSED_STATUSES), -1)
 
 
 def _sort_key(u: UpdateRec):
@@ -148,7 +168,7 @@ def _merge_components(base: tuple[ComponentRec, ...], incoming: list[ComponentRe
         old = by_key.get(key)
         impact = c.impact
         if old is not None:
-            if old.impact and (not impact or _impact_rank(old.impact) >= _impact_rank(impact)):
+            if old.impact and (not impact or _component_rank(old.impact) >= _component_rank(impact)):
                 impact = old.impact
             name = old.name or name
         by_key[key] = ComponentRec(key=key, name=name or names.get(key, key), impact=impact)
@@ -157,8 +177,8 @@ def _merge_components(base: tuple[ComponentRec, ...], incoming: list[ComponentRe
     return tuple(sorted(by_key.values(), key=lambda c: (c.name.lower(), c.key)))
 
 
-def _impact_rank(component_impact: str | None) -> int:
-    return IMPACT_RANK[_impact_name(component_impact)]
+def _component_rank(component_impact: str | None) -> int:
+    return impact_rank(norm_impact(component_impact))
 
 
 def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime,
@@ -174,20 +194,15 @@ def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime
 
     dated = [u for u in updates if u.status]
     status = dated[-1].status if dated else (next((r.status for r in recs if r.status), None) or prev.status)
-    impact_candidates = [r.impact for r in recs if r.impact]
-    impact = impact_candidates[0] if impact_candidates else prev.impact
     components = _merge_components(prev.components, [c for r in recs for c in r.components], names)
-    if not impact_candidates and previous is None:
-        impact = max((_impact_name(c.impact) for c in components), key=IMPACT_RANK.get, default="none")
+    impact = _impact(previous, recs, components)
 
     starts = [t for t in [prev.started_at, *(r.started_at for r in recs)] if t]
     starts += [u.published_at for u in updates[:1] if u.published_at]
     started_at = min(starts) if starts else None
     resolved_at = None
-    if status in ("resolved", "postmortem"):
-        rs = [u.published_at for u in updates if u.status == "resolved" and u.published_at]
-        rr = [r.resolved_at for r in recs if r.resolved_at]
-        resolved_at = prev.resolved_at or (min(rs) if rs else (min(rr) if rr else now))
+    if status in CLOSED_STATUSES:
+        resolved_at = _resolved_at(prev, updates, recs, now)
     ups = [t for t in [prev.updated_at, *(r.updated_at for r in recs)] if t]
     state = IncidentState(
         page_incident_id=prev.page_incident_id, title=title, url=url, status=status,
@@ -201,15 +216,45 @@ def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime
                   changed=state != previous)
 
 
-def _impact_name(component_impact: str | None) -> str:
-    return norm_impact(component_impact) or "none"
+def _impact(previous: IncidentState | None, recs: list[IncidentRec], components) -> str:
+    """The best-ranked source's impact (recs are in SOURCE_PRIORITY order). A stored impact stays unless a
+    source ranked at least as high as every source that has shown the incident says otherwise; a new
+    incident no source gives an impact for gets its components' worst."""
+    given = [r for r in recs if r.impact]
+    if given:
+        best = given[0]
+        if previous is None:
+            return best.impact
+        ranked_before = min((SOURCE_PRIORITY.get(x, 9) for x in previous.sources), default=9)
+        if SOURCE_PRIORITY.get(best.source, 9) <= ranked_before:
+            return best.impact
+        return previous.impact
+    if previous is not None:
+        return previous.impact
+    return worst_impact(norm_impact(c.impact) for c in components)
+
+
+def _resolved_at(prev: IncidentState, updates: list[UpdateRec], recs: list[IncidentRec], now: datetime):
+    """When the incident's latest resolution happened: the first "resolved" update after its last open one.
+    Without such an update, the stored time (unless it reopened since) or a source's, else now."""
+    last_open = _last_open(updates)
+    rs = [u.published_at for u in updates[last_open + 1:] if u.status == "resolved" and u.published_at]
+    if rs:
+        return min(rs)
+    reopened_at = updates[last_open].published_at if last_open >= 0 else None
+    def after(t):
+        return t and (reopened_at is None or t > reopened_at)
+    if after(prev.resolved_at):
+        return prev.resolved_at
+    rr = [r.resolved_at for r in recs if after(r.resolved_at)]
+    return min(rr) if rr else now
 
 
 def _event(prev: IncidentState | None, new: IncidentState, added: list[UpdateRec]) -> str | None:
     if prev is None:
         return "opened" if new.is_open else "resolved"
-    if new.status == "resolved" and prev.is_open:
-        return "resolved"
+    if new.status == "resolved" and (prev.is_open or (new.reopened and new.resolved_at != prev.resolved_at)):
+        return "resolved"   # also when it reopened and was resolved again between two polls
     if added or new.status != prev.status:
         return "updated"
     return None

@@ -48,6 +48,7 @@ class Page(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[datetime | None] = mapped_column(UTC)      # Retry-After / backoff
     backfilled_since: Mapped[datetime | None] = mapped_column(UTC)
+    time_zone: Mapped[str | None] = mapped_column(Text)     # the page's own (Atlassian feeds' times)
 
 
 class SourceState(Base):
@@ -74,7 +75,6 @@ class Component(Base):
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(Text)                 # the page's component id, or the name
     name: Mapped[str] = mapped_column(Text)
-    group_name: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str | None] = mapped_column(Text)
 
 

@@ -1,6 +1,6 @@
-"""One poll of each configured page: fetch every source the page kind offers, parse what changed, merge,
-and store the result and its messages in one transaction. One failing source or page never stops the others;
-a poll that fails leaves the store as it was."""
+"""One poll of each configured page: ask the page's kind what to fetch, fetch it, hand each answer to the
+kind to read, merge, and store the result and its messages in one transaction. One failing source or page
+never stops the others; a poll that fails leaves the store as it was."""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +10,9 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import store
@@ -20,18 +20,19 @@ from monitor.config import PageSettings, Settings
 from monitor.db import safe_error, transaction
 from monitor.merge import merge
 from monitor.models import Incident, Page, SourceState
-from monitor.records import IncidentRec, SourceResult
-from monitor.sources import incidentio, statuspage
-from monitor.sources.common import ParseError, load_json
+from monitor.records import IncidentRec, SourceResult, backoff
+from monitor.sources import detect, kind as page_kind
+from monitor.sources.common import Context, PageKind, ParseError, by_cause, cause, now_utc, one_line
 from monitor.sources.http import FetchError, Fetched, client, fetch
 
 log = logging.getLogger("monitor.poll")
 
-COMPONENTS_EVERY = timedelta(hours=1)
 MAX_DETAILS_PER_POLL = 30
 CATCH_UP_PER_POLL = 5
 DETAIL_CONCURRENCY = 6
 WARN_AFTER_FAILURES = 3
+BACKOFF_CAP = 900                      # seconds: a failing page is still tried every 15 minutes
+TIMELINE_RETRY = timedelta(hours=1)    # an incident whose timeline failed is not asked again sooner
 
 
 @dataclass
@@ -62,10 +63,6 @@ class PageResult:
         return ", ".join(parts)
 
 
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 _VOLATILE = re.compile(rb"<(lastBuildDate|updated|pubDate)>[^<]*</\1>")
 
 
@@ -77,20 +74,6 @@ def body_hash(path: str, body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def detect_kind(summary: bytes | None, feed: bytes | None) -> str | None:
-    """incident.io pages have no `time_zone` in summary.json's page and say `incident.io` as feed generator."""
-    if summary is not None:
-        try:
-            data = load_json(summary, "summary.json")
-            if isinstance(data, dict) and isinstance(data.get("page"), dict):
-                return "statuspage" if "time_zone" in data["page"] else "incidentio"
-        except ParseError:
-            pass
-    if feed is not None:
-        return "incidentio" if b"incident.io" in feed[:4000] else "statuspage"
-    return None
-
-
 class _Poll:
     """The state of one page's poll while it runs."""
 
@@ -100,11 +83,15 @@ class _Poll:
         self.result = PageResult(page=ps.name)
         self.retry_after: datetime | None = None
         self.waiting: dict[str, int] = {}      # paths requested and not answered yet
+        self.ctx = Context(base_url=ps.base_url, host=ps.host, now=now_utc())
+        self.time_zone: str | None = None      # the page's zone, when this poll learnt it
+        self.timeline_failed: dict[str, str] = {}   # timeline path -> cause, to back off
+        self.timeline_ok: list[str] = []
 
     def url(self, path: str) -> str:
         return self.ps.base_url + path
 
-    async def get(self, path: str, state: SourceState | None = None) -> Fetched:
+    async def get(self, path: str, state=None) -> Fetched:
         key = path.split("?", 1)[0]
         self.waiting[key] = self.waiting.get(key, 0) + 1
         try:
@@ -139,30 +126,45 @@ class _Poll:
 async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *, backfill: bool = True) -> PageResult:
     """Poll one page. Never raises for a page's own failures: they are in the result and in `pages`. A store
     that cannot be written (disk full, read-only, locked) fails this page's poll with one line; nothing is
-    half-written (each write is one transaction) and the next poll tries again."""
+    half-written (each write is one transaction) and the next poll tries again. Anything else that goes
+    wrong (a bug met on odd input) fails this page alone, counted and backed off like any failure."""
     started = time.monotonic()
     p = _Poll(settings, ps, engine, http, rules)
     try:
         return await _poll_page(p, started, backfill)
     except SQLAlchemyError as exc:
-        res = p.result
-        res.ok, res.skipped = False, None
-        res.errors.append(f"cannot write the store: {safe_error(exc)}")
-        res.seconds = time.monotonic() - started
+        return _failed(p, started, f"cannot write the store: {safe_error(exc)}")
+    except Exception as exc:  # noqa: BLE001 - one page's failure never hides another page's result
+        log.exception("page %s: poll failed", ps.name)
+        res = _failed(p, started, f"poll failed ({type(exc).__name__}: {one_line(exc)})")
+        try:
+            page_id = _known_page(engine, ps)[0]
+            _record_failure(engine, page_id, p, now_utc())
+        except (SQLAlchemyError, TypeError):
+            pass
         return res
+
+
+def _failed(p: _Poll, started: float, why: str) -> PageResult:
+    res = p.result
+    res.ok, res.skipped = False, None
+    res.errors.append(why)
+    res.seconds = time.monotonic() - started
+    return res
 
 
 async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
     settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
     res = p.result
-    now = now_utc()
+    now = p.ctx.now
     known = _known_page(engine, ps)
     if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
         with transaction(engine) as s:
             store.get_page(s, ps.name, ps.base_url)
         known = _known_page(engine, ps)
-    page_id, stored_kind, first_poll, not_before, states, catch_up = known
-    kind = ps.kind if ps.kind != "auto" else stored_kind
+    page_id, stored_kind, first_poll, not_before, states, catch_up, time_zone = known
+    p.ctx = Context(ps.base_url, ps.host, now, time_zone)
+    name = ps.kind if ps.kind != "auto" else stored_kind
     if not_before and not_before > now:
         res.skipped = f"the page asked us to wait until {not_before:%H:%M:%S} UTC"
         return res
@@ -171,38 +173,42 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
     end = asyncio.get_running_loop().time() + ps.deadline
     try:
         async with asyncio.timeout_at(end):
-            fetched = await _fetch_sources(p, kind, states, now, end)
+            fetched = await _fetch_sources(p, name, states, now, end)
     except TimeoutError:
         res.errors.append(p.late())
         fetched = None
-    if fetched and fetched[0] == "incidentio":
+    if fetched and fetched[0].timelines:
         # timelines in the time left; what the list sources said is kept when they do not all arrive
         try:
             async with asyncio.timeout_at(end):
-                await _fetch_details(p, page_id, _group(fetched[1]), now, catch_up=catch_up, out=details)
+                await _fetch_timelines(p, fetched[0], page_id, _group(fetched[1]), states, now,
+                                       catch_up=catch_up, out=details)
         except TimeoutError:
             res.errors.append("incident timelines: " + p.late())
+        res.errors += by_cause("timelines", list(p.timeline_failed.values()))
     if not fetched or not res.sources_ok:
         res.ok = False
         _record_failure(engine, page_id, p, now)
         res.seconds = time.monotonic() - started
         return res
     kind, parsed, new_states, comps = fetched
-    res.kind, res.ok = kind, True
+    res.kind, res.ok = kind.name, True
     _apply(p, page_id, parsed, details, new_states, comps, first_poll, now)
-    if backfill and first_poll and kind == "incidentio" and ps.history_days > 0:
+    if backfill and first_poll and ps.history_days > 0 and kind.history:
         try:
-            await run_backfill(settings, ps, engine, http, rules, since=now - timedelta(days=ps.history_days))
-        except Exception as exc:  # the poll itself succeeded; backfill is retried by `monitor backfill`
-            res.errors.append(f"backfill: {exc}")
+            bf = await run_backfill(settings, ps, engine, http, rules, since=now - timedelta(days=ps.history_days))
+            res.errors += [f"backfill: {e}" for e in bf.errors]
+        except Exception as exc:  # noqa: BLE001 - the poll itself succeeded; `monitor backfill` retries
+            res.errors.append(f"backfill: {type(exc).__name__}: {one_line(exc)}")
     res.seconds = time.monotonic() - started
     return res
 
 
 # What every poll reads and writes first, built once (statement construction and cache-key generation per call
 # cost more than the SQL itself on an unchanged poll)
-_KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, SourceState.path,
-                 SourceState.etag, SourceState.last_modified, SourceState.body_hash, SourceState.fetched_at)
+_KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, Page.time_zone,
+                 SourceState.path, SourceState.etag, SourceState.last_modified, SourceState.body_hash,
+                 SourceState.fetched_at, SourceState.last_error)
           .outerjoin(SourceState, SourceState.page_id == Page.id).where(Page.name == bindparam("name")))
 # stored incidents still missing their timeline (incident.io), fetched a few per poll
 _CATCH_UP = (select(Incident.page_incident_id)
@@ -215,12 +221,13 @@ _HEALTHY = (update(Page).where(Page.id == bindparam("pid")).values(
 
 @dataclass(frozen=True, slots=True)
 class _State:
-    """A source's stored validators, as read before a poll."""
+    """A source's stored validators, as read before a poll (for a timeline: when and why it last failed)."""
     path: str
     etag: str | None
     last_modified: str | None
     body_hash: str | None
     fetched_at: datetime | None
+    last_error: str | None = None
 
 
 def _known_page(engine, ps: PageSettings):
@@ -232,23 +239,22 @@ def _known_page(engine, ps: PageSettings):
             return None
         r0 = rows[0]
         catch_up = list(conn.execute(_CATCH_UP, {"pid": r0.id}).scalars())
-    states = {r.path: _State(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at) for r in rows if r.path}
-    return r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up
+    states = {r.path: _State(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at, r.last_error)
+              for r in rows if r.path}
+    return r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up, r0.time_zone
 
 
-async def _fetch_sources(p: _Poll, kind, states, now, end: float):
-    """Fetch and parse the page's list sources. A source still unanswered shortly before the poll's
-    deadline (`end`, loop time) counts as failed; the sources that did answer are used."""
+async def _fetch_sources(p: _Poll, name, states, now, end: float):
+    """Fetch the paths the page's kind asks for and have it read each answer. A source still unanswered
+    shortly before the poll's deadline (`end`, loop time) counts as failed; the sources that did answer
+    are used."""
     res = p.result
-    if kind is None:
-        kind = await _detect(p)
-        if kind is None:
+    if name is None:
+        name = await _detect(p)
+        if name is None:
             return None
-    mod = incidentio if kind == "incidentio" else statuspage
-    paths = list(mod.POLL_PATHS)
-    comp_state = states.get(mod.COMPONENTS_PATH)
-    if comp_state is None or comp_state.fetched_at is None or now - comp_state.fetched_at > COMPONENTS_EVERY:
-        paths.append(mod.COMPONENTS_PATH)
+    kind = page_kind(name)
+    paths = kind.paths({k: st.fetched_at for k, st in states.items()}, now)
     loop = asyncio.get_running_loop()
     tasks = [asyncio.ensure_future(p.get(path, states.get(path))) for path in paths]
     try:
@@ -264,7 +270,9 @@ async def _fetch_sources(p: _Poll, kind, states, now, end: float):
     parsed: dict[str, SourceResult] = {}
     new_states: dict[str, tuple] = {}
     comps = None
-    for path, ans in zip(paths, answers):
+    # the components' answer first: it may name the page's time zone, which the feed's times need
+    order = sorted(zip(paths, answers), key=lambda pa: pa[0] != kind.components_path)
+    for path, ans in order:
         if isinstance(ans, FetchError):
             res.errors.append(str(ans))
             continue
@@ -281,33 +289,25 @@ async def _fetch_sources(p: _Poll, kind, states, now, end: float):
             res.sources_ok.append(path)
             continue
         try:
-            out = _parse(kind, path, ans, p.ps.base_url, now)
+            out = kind.read(path, ans.body, ans.content_type, p.ctx)
         except ParseError as exc:
             res.errors.append(f"{path}: {exc}")
             continue
         res.sources_ok.append(path)
         res.errors.extend(f"{path}: {w}" for w in out.extra.get("warnings", ()))
+        if out.extra.get("time_zone") and out.extra["time_zone"] != p.ctx.time_zone:
+            p.time_zone = out.extra["time_zone"]
+            p.ctx = Context(p.ctx.base_url, p.ctx.host, p.ctx.now, p.time_zone)
         new_states[path] = (ans.etag, ans.last_modified, digest)
-        if path == mod.COMPONENTS_PATH:
+        if path == kind.components_path:
             comps = out
         else:
             parsed[path] = out
-    if not res.sources_ok or (res.sources_ok == [mod.COMPONENTS_PATH]):
+    res.sources_ok.sort(key=paths.index)
+    if not res.sources_ok or (res.sources_ok == [kind.components_path]):
         res.sources_ok.clear()
         return None
     return kind, parsed, new_states, comps
-
-
-def _parse(kind: str, path: str, ans: Fetched, base_url: str, now: datetime) -> SourceResult:
-    if path.endswith("components.json"):
-        return statuspage.parse_components_json(ans.body)
-    if kind == "incidentio":
-        if path.endswith("incidents.json"):
-            return incidentio.parse_api_incidents(ans.body, base_url, now)
-        return incidentio.parse_feed(ans.body, ans.content_type, base_url, now)
-    if path.endswith("incidents.json"):
-        return statuspage.parse_incidents_json(ans.body, base_url, now=now)
-    return statuspage.parse_feed(ans.body, ans.content_type, base_url, now=now)
 
 
 async def _detect(p: _Poll) -> str | None:
@@ -316,33 +316,34 @@ async def _detect(p: _Poll) -> str | None:
         summary = (await p.get("/api/v2/summary.json")).body
     except FetchError as exc:
         p.result.errors.append(str(exc))
-    kind = detect_kind(summary, None)
-    if kind is None:
+    name = detect(summary, None)
+    if name is None:
         try:  # both kinds serve it; incident.io names itself as the generator
             feed = (await p.get("/history.atom")).body
         except FetchError as exc:
             p.result.errors.append(str(exc))
-        kind = detect_kind(None, feed)
-    if kind is None:
+        name = detect(None, feed)
+    if name is None:
         p.result.errors.append("cannot tell what kind of status page this is")
-    return kind
+    return name
 
 
-def _group(parsed: dict[str, SourceResult]) -> dict[str, list[IncidentRec]]:
+def _group(parsed) -> dict[str, list[IncidentRec]]:
     by_id: dict[str, list[IncidentRec]] = defaultdict(list)
-    for out in parsed.values():
+    for out in (parsed.values() if isinstance(parsed, dict) else parsed):
         for rec in out.incidents:
             by_id[rec.page_incident_id].append(rec)
     return by_id
 
 
-async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentRec]], now: datetime,
-                         *, limit: int = MAX_DETAILS_PER_POLL, catch_up: list[str] = (),
-                         out: list[IncidentRec] | None = None) -> list[IncidentRec]:
-    """incident.io: the full timeline of each incident that is new or changed (the feed and the API only
-    carry the latest update, or no text), plus a few of `catch_up` (stored ones still missing their
-    timeline). Each timeline is also appended to `out` as it arrives, so a caller that gives up waiting
-    keeps those it got. An unchanged poll opens no transaction here."""
+async def _fetch_timelines(p: _Poll, kind: PageKind, page_id: int, by_id: dict[str, list[IncidentRec]],
+                           states: dict, now: datetime, *, catch_up: list[str] = (),
+                           out: list[IncidentRec] | None = None) -> list[IncidentRec]:
+    """The full timeline of each incident that is new or changed (the lists only carry the latest update,
+    or no text), plus a few of `catch_up` (stored ones still missing their timeline). An incident whose
+    timeline failed within TIMELINE_RETRY is not asked again yet. Each timeline is also appended to `out`
+    as it arrives, so a caller that gives up waiting keeps those it got. An unchanged poll opens no
+    transaction here."""
     out = [] if out is None else out
     wanted = []
     if by_id:
@@ -354,20 +355,30 @@ async def _fetch_details(p: _Poll, page_id: int, by_id: dict[str, list[IncidentR
             ch = merge(prev, recs, now)
             if prev is None or ch.new_updates or ch.state.status != prev.status or not prev.full_timeline:
                 wanted.append(iid)
-        wanted = wanted[:limit]
+        wanted = wanted[:MAX_DETAILS_PER_POLL]
     wanted += [iid for iid in catch_up if iid not in wanted][:CATCH_UP_PER_POLL]
+
+    def backing_off(iid: str) -> bool:
+        st = states.get(kind.timeline_path(p.ps.host, iid))
+        return bool(st and st.last_error and st.fetched_at and now - st.fetched_at < TIMELINE_RETRY)
+
+    wanted = [iid for iid in wanted if not backing_off(iid)]
     sem = asyncio.Semaphore(DETAIL_CONCURRENCY)
 
     async def one(iid: str) -> None:
+        path = kind.timeline_path(p.ps.host, iid)
         async with sem:
             try:
-                ans = await p.get(incidentio.detail_path(p.ps.host, iid))
-                rec = incidentio.parse_proxy_incident(ans.body, p.ps.base_url, now)
-            except (FetchError, ParseError) as exc:
-                p.result.errors.append(f"timeline of {iid}: {exc}")
+                ans = await p.get(path)
+                got = kind.read(path, ans.body, ans.content_type, p.ctx)
+            except FetchError as exc:
+                p.timeline_failed[path] = cause(str(exc), p.url(path))
                 return
-            if rec.page_incident_id in wanted:
-                out.append(rec)
+            except ParseError as exc:
+                p.timeline_failed[path] = str(exc)
+                return
+        p.timeline_ok.append(path)
+        out.extend(r for r in got.incidents if r.page_incident_id == iid)
 
     await asyncio.gather(*(one(i) for i in wanted))
     return out
@@ -380,7 +391,8 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
     by_id = _group(parsed)
     for rec in details:
         by_id[rec.page_incident_id].append(rec)
-    if not by_id and not new_states and comps is None and not first_poll:
+    if (not by_id and not new_states and comps is None and not first_poll and not p.timeline_failed
+            and not p.time_zone):
         _record_success(p, page_id, now)   # nothing learnt: one UPDATE of the page's health
         res.unchanged = True
         return
@@ -399,9 +411,12 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
                 res.new += row is None
                 res.changed += row is not None
         res.queued = store.apply(s, page, changes, rows, rules=p.rules, notifiers=p.settings.notifiers,
-                                 now=now, silent_resolved=first_poll, silent=silent)
+                                 now=now, silent_resolved=first_poll, silent=silent,
+                                 upload_tags=p.settings.upload_tags)
         _save_states(s, page_id, new_states, now)
+        _save_timeline_states(s, page_id, p, now)
         page.kind = res.kind or page.kind
+        page.time_zone = p.time_zone or page.time_zone
         page.first_poll_at = page.first_poll_at or now
         page.last_poll_at = page.last_success_at = now
         page.consecutive_failures = 0
@@ -431,58 +446,59 @@ def _save_states(s, page_id: int, new_states: dict[str, tuple], now: datetime) -
         st.etag, st.last_modified, st.body_hash, st.fetched_at = etag, lm, digest, now
 
 
+def _save_timeline_states(s, page_id: int, p: _Poll, now: datetime) -> None:
+    """A failed timeline is remembered (when, and why) to back off; one that answered is forgotten."""
+    if p.timeline_ok:
+        s.execute(delete(SourceState).where(SourceState.page_id == page_id, SourceState.path.in_(p.timeline_ok)))
+    if p.timeline_failed:
+        current = store.source_states(s, page_id)
+        for path, why in p.timeline_failed.items():
+            st = current.get(path)
+            if st is None:
+                st = SourceState(page_id=page_id, path=path)
+                s.add(st)
+            st.fetched_at, st.last_error = now, why
+
+
 def _record_failure(engine, page_id: int, p: _Poll, now: datetime) -> None:
-    """Count the failure and back off; nothing else is touched."""
+    """Count the failure (in SQL: two processes failing at once both count) and back off; nothing else is
+    touched."""
     res = p.result
-    with transaction(engine) as s:
-        page = s.get(Page, page_id)
-        page.last_poll_at = now
-        page.consecutive_failures = (page.consecutive_failures or 0) + 1
-        page.last_outcome = _outcome(res)
-        fails = page.consecutive_failures
-        backoff = None
-        if fails >= 2:
-            backoff = now + timedelta(seconds=min(p.ps.poll_interval * (2 ** (fails - 2)), 900))
-        page.not_before = max((t for t in (backoff, p.retry_after) if t), default=None)
+    with engine.begin() as conn:
+        fails = conn.execute(
+            update(Page).where(Page.id == page_id)
+            .values(consecutive_failures=Page.consecutive_failures + 1, last_poll_at=now, last_outcome=_outcome(res))
+            .returning(Page.consecutive_failures)).scalar_one()
+        wait = now + timedelta(seconds=backoff(fails - 1, p.ps.poll_interval, BACKOFF_CAP)) if fails >= 2 else None
+        conn.execute(update(Page).where(Page.id == page_id).values(
+            not_before=max((t for t in (wait, p.retry_after) if t), default=None)))
     if fails >= WARN_AFTER_FAILURES:
         log.warning("page %s: %d polls in a row failed: %s", p.ps.name, fails, "; ".join(res.errors))
 
 
 async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules, *, since: datetime,
                        details: bool = False) -> PageResult:
-    """Older incidents the page still offers, stored without notifying (history is not news).
-    incident.io lists them in windows of up to three months; Statuspage pages offer no older JSON."""
+    """Older incidents the page still offers, stored without notifying (history is not news): the page's
+    kind fetches them with the fetch function it is given."""
     p = _Poll(settings, ps, engine, http, rules)
-    now = now_utc()
+    now = p.ctx.now
     with transaction(engine) as s:
         page = store.get_page(s, ps.name, ps.base_url)
-        page_id, kind = page.id, (ps.kind if ps.kind != "auto" else page.kind)
-    if kind is None:
-        kind = await _detect(p)
-    p.result.kind = kind
-    if kind != "incidentio":
-        p.result.errors.append("this page kind offers no history beyond its recent incidents")
+        page_id, name = page.id, (ps.kind if ps.kind != "auto" else page.kind)
+    if name is None:
+        name = await _detect(p)
+        if name is None:
+            return p.result
+    p.result.kind = name
+    try:
+        got = await page_kind(name).backfill(p.get, p.ctx, since, details=details)
+    except ParseError as exc:
+        p.result.errors.append(str(exc))
         return p.result
-    windows, end = [], now
-    while end > since:
-        start = max(since, end - timedelta(days=incidentio.BACKFILL_WINDOW_DAYS))
-        windows.append((start, end))
-        end = start
-    parsed: dict[str, SourceResult] = {}
-    for start, end in windows:
-        path = incidentio.window_path(ps.host, start, end)
-        try:
-            ans = await p.get(path)
-            parsed[path] = incidentio.parse_proxy_window(ans.body, ps.base_url, now)
-            p.result.sources_ok.append(path)
-        except (FetchError, ParseError) as exc:
-            p.result.errors.append(f"{path}: {exc}")
-    got: list[IncidentRec] = []
-    if details:
-        got = await _fetch_details(p, page_id, _group(parsed), now, limit=10_000, catch_up=())
-    p.result.ok = bool(p.result.sources_ok)
+    p.result.sources_ok, p.result.errors = got.answered, p.result.errors + got.errors
+    p.result.ok = bool(got.answered)
     if p.result.ok:
-        _apply(p, page_id, parsed, got, {}, None, False, now, silent=True)
+        _apply(p, page_id, got.results, [], {}, None, False, now, silent=True)
         with transaction(engine) as s:
             s.get(Page, page_id).backfilled_since = since
     return p.result

@@ -292,7 +292,7 @@ def record(settings, engine, run: ProbeRun, now: datetime | None = None) -> tupl
         if run.ok:
             if outage is not None:
                 outage.ended_at, outage.consecutive = run.started_at, 0
-                if outage.warned_at and not incidents and not _page_posted(s, outage.first_failure_at):
+                if outage.warned_at and not incidents and not _page_posted(s, outage.first_failure_at, settings.upload_tags):
                     outage.all_clear = True
                     queued = _queue(s, settings, outage, "resolved", now)
         elif cls == "openai":
@@ -316,13 +316,11 @@ def record(settings, engine, run: ProbeRun, now: datetime | None = None) -> tupl
     return queued, cls
 
 
-def _page_posted(s, since: datetime) -> bool:
+def _page_posted(s, since: datetime, upload_tags) -> bool:
     """Did the page post an upload-related incident since the outage began (open or already resolved)?"""
-    from monitor.tags import UPLOAD_TAGS
-
     return s.scalar(select(Incident.id).where(
         Incident.first_seen_at >= since,
-        Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(UPLOAD_TAGS)))).limit(1)) is not None
+        Incident.id.in_(select(Tag.incident_id).where(Tag.tag.in_(upload_tags)))).limit(1)) is not None
 
 
 def _queue(s, settings, outage: ProbeOutage, event: str, now: datetime) -> int:
@@ -330,7 +328,7 @@ def _queue(s, settings, outage: ProbeOutage, event: str, now: datetime) -> int:
 
     return queue_message(s, incident_id=None, key=f"probe:{outage.id}:{event}", event=event, tags={PROBE_TAG},
                          impact=PROBE_IMPACT, notifiers=settings.notifiers, now=now,
-                         body=lambda: payload(outage, event, now))
+                         upload_tags=settings.upload_tags, body=lambda: payload(outage, event, now))
 
 
 def payload(outage: ProbeOutage, event: str, now: datetime) -> dict:

@@ -2,15 +2,56 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem")
 OPEN_STATUSES = ("investigating", "identified", "monitoring")
+CLOSED_STATUSES = ("resolved", "postmortem")
+IMPACTS = ("none", "minor", "major", "critical")     # least to most severe
+
+
+def impact_rank(impact: str | None) -> int:
+    """Where an incident impact (one of IMPACTS) ranks; anything else ranks as "none"."""
+    return IMPACTS.index(impact) if impact in IMPACTS else 0
+
+
+def worst_impact(impacts) -> str:
+    """The most severe of `impacts` (IMPACTS words), "none" when there is none."""
+    return max((i for i in impacts if i in IMPACTS), key=IMPACTS.index, default="none")
+
+
+def backoff(n: int, base: float, cap: float) -> float:
+    """Seconds to wait after the `n`-th failure in a row (n >= 1): base, 2 base, 4 base ... up to `cap`.
+    The exponent is capped, so no count of failures overflows."""
+    return min(cap, base * 2 ** min(max(n - 1, 0), 64))
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def iso_z(t: datetime | None) -> str | None:
     """ISO 8601 UTC with a Z, as every JSON output and message payload writes times."""
     return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def parse_iso(value) -> datetime | None:
+    """ISO 8601 (a Z, an offset or none: UTC; 2- or 3-digit fractions) as aware UTC; None when `value` is
+    not such a string."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def cap(s: str, limit: int) -> str:
+    """`s` cut to at most `limit` characters, ending in "…" when cut."""
+    if limit <= 0 or len(s) <= limit:
+        return s
+    return s[: max(limit - 1, 0)].rstrip() + "…"
 
 
 @dataclass(frozen=True, slots=True)

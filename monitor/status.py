@@ -85,8 +85,11 @@ def gather(settings_factory, reader_factory, rules_factory) -> Report:
         raise StatusFailure(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
     except Exception as exc:
         message = db.describe_error(exc)
-        if message is None:
-            raise
+        if message is None:  # a bug met on odd data: the answer is UNKNOWN, never a traceback
+            import logging
+
+            logging.getLogger("monitor.status").exception("cannot compute the verdict")
+            message = f"cannot compute the verdict ({type(exc).__name__}: {exc})"
         raise StatusFailure(message) from None
     return report
 

@@ -18,16 +18,16 @@ from monitor.tags import UPLOAD_TAGS, Rule, TagMatch, tag_incident
 LOG_NOTIFIER = "log"
 
 
-class _LogNotifier:
+class LogNotifier:
     """With no notifier configured, messages go to the log: the default filters, so a first run shows them."""
 
     name = LOG_NOTIFIER
 
+    def __init__(self, upload_tags: Sequence[str] = UPLOAD_TAGS):
+        self.upload_tags = tuple(upload_tags)
+
     def wants(self, tags: set[str], event: str, impact: str) -> bool:
-        return bool(tags.intersection(UPLOAD_TAGS))
-
-
-LOG = _LogNotifier()
+        return bool(tags.intersection(self.upload_tags))
 
 
 def get_page(session: Session, name: str, base_url: str) -> Page:
@@ -49,7 +49,7 @@ def component_names(session: Session, page_id: int) -> dict[str, str]:
     return dict(session.execute(select(Component.key, Component.name).where(Component.page_id == page_id)).all())
 
 
-def save_components(session: Session, page_id: int, comps: Sequence[ComponentRec], groups: dict | None = None) -> None:
+def save_components(session: Session, page_id: int, comps: Sequence[ComponentRec]) -> None:
     existing = {c.key: c for c in session.scalars(select(Component).where(Component.page_id == page_id))}
     for c in comps:
         row = existing.get(c.key)
@@ -92,7 +92,7 @@ def compute_tags(rules: Sequence[Rule], state: IncidentState) -> list[TagMatch]:
 
 def apply(session: Session, page: Page, changes: Sequence[Change], rows: dict[str, Incident], *,
           rules: Sequence[Rule], notifiers: Sequence, now: datetime, silent_resolved: bool = False,
-          silent: bool = False) -> int:
+          silent: bool = False, upload_tags: Sequence[str] = UPLOAD_TAGS) -> int:
     """Write every changed incident and queue its message. Returns the number of outbox rows queued.
     New incidents are inserted in bulk (a first poll or backfill may bring thousands); changed ones go
     through the ORM."""
@@ -115,7 +115,7 @@ def apply(session: Session, page: Page, changes: Sequence[Change], rows: dict[st
             write_tags(rows[ch.state.page_incident_id], matches)
         if tells(ch):
             queued += queue(session, ids[ch.state.page_incident_id], page.name, ch, {m.tag for m in matches},
-                            notifiers, now)
+                            notifiers, now, upload_tags=upload_tags)
     return queued
 
 
@@ -183,13 +183,16 @@ def write_tags(row: Incident, matches: Sequence[TagMatch]) -> None:
     row.tags = [Tag(tag=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
 
 
-def payload(state: IncidentState, event: str, tags: set[str], page_name: str) -> dict:
-    """What a message says, frozen when it is decided (rendered per channel at delivery)."""
+def payload(state: IncidentState, event: str, tags: set[str], page_name: str,
+            upload_tags: Sequence[str] = UPLOAD_TAGS) -> dict:
+    """What a message says, frozen when it is decided (rendered per channel at delivery). `reopened`: the
+    incident was resolved before (a reopening says wait again; its next resolution, resolved again)."""
     last = state.latest_update()
     text_update = next((u for u in reversed(state.updates) if u.body), None)
     return {
         "event": event, "page": page_name, "id": state.page_incident_id, "title": state.title, "url": state.url,
         "status": state.status, "impact": state.impact, "tags": sorted(tags),
+        "uploads": bool(tags.intersection(upload_tags)), "reopened": state.reopened,
         "components": [c.name for c in state.components if c.name],
         "started_at": _iso(state.started_at), "resolved_at": _iso(state.resolved_at),
         "update": {"status": last.status if last else None,
@@ -199,18 +202,19 @@ def payload(state: IncidentState, event: str, tags: set[str], page_name: str) ->
 
 
 def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
-          now: datetime) -> int:
+          now: datetime, *, upload_tags: Sequence[str] = UPLOAD_TAGS) -> int:
     """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
     return queue_message(session, incident_id=incident_id, key=f"{page_name}:{ch.dedupe_key}", event=ch.event,
-                         tags=tags, impact=ch.state.impact, notifiers=notifiers, now=now,
-                         body=lambda: payload(ch.state, ch.event, tags, page_name))
+                         tags=tags, impact=ch.state.impact, notifiers=notifiers, now=now, upload_tags=upload_tags,
+                         body=lambda: payload(ch.state, ch.event, tags, page_name, upload_tags))
 
 
 def queue_message(session: Session, *, incident_id: int | None, key: str, event: str, tags: set[str], impact: str,
-                  notifiers: Sequence, now: datetime, body) -> int:
+                  notifiers: Sequence, now: datetime, body, upload_tags: Sequence[str] = UPLOAD_TAGS) -> int:
     """Outbox rows under `key` for every notifier that wants (tags, event, impact), each key at most once per
-    notifier; `body()` makes the payload. Returns the number of rows queued."""
-    targets = [n.name for n in (notifiers or [LOG]) if n.wants(tags, event, impact)]
+    notifier (with none configured, the log, which wants `upload_tags`); `body()` makes the payload. Returns
+    the number of rows queued."""
+    targets = [n.name for n in (notifiers or [LogNotifier(upload_tags)]) if n.wants(tags, event, impact)]
     if not targets:
         return 0
     have = set(session.scalars(select(Outbox.notifier).where(Outbox.dedupe_key == key,

@@ -21,10 +21,11 @@ Assistants incidents that say nothing about files (see tests/data/tag_cases.toml
 from __future__ import annotations
 
 import functools
-import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace as _dc_replace
+from monitor.records import cap
+from monitor.sources.common import strip_html
 
 __all__ = ["UPLOAD_TAGS", "Rule", "TagMatch", "DEFAULT_RULES", "build_rules", "tag_incident"]
 
@@ -373,8 +374,6 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 _MD_LINK_TARGET = re.compile(r"\]\([^)\s]*(?:\s+\"[^\"]*\")?\)")
 _URL = re.compile(r"<?\bhttps?://[^\s<>()\[\]]+>?")
-_BREAK_TAG = re.compile(r"<\s*(?:br|/p|p|/li|li|/div|/h[1-6])\b[^>]*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[A-Za-z/!][^>]*>")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n")
 _WS = re.compile(r"\s+")
 
@@ -385,12 +384,7 @@ def _clean(text: str) -> str:
         text = _MD_LINK_TARGET.sub("]", text)
     if "://" in text:
         text = _URL.sub(" ", text)
-    if "<" in text:
-        text = _BREAK_TAG.sub("\n", text)
-        text = _HTML_TAG.sub(" ", text)
-    if "&" in text:
-        text = html.unescape(text)
-    return text
+    return strip_html(text, tag=" ")
 
 
 def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
@@ -412,7 +406,7 @@ def _snippet(text: str, s: int, e: int, ms: int, me: int) -> str:
     after = _WS.sub(" ", text[me:e]).rstrip()
     room = SNIPPET_MAX - 2 - len(match)  # two ellipses at most
     if room <= 0:
-        return match[: SNIPPET_MAX - 1] + "…"
+        return cap(match, SNIPPET_MAX)
     left = before[max(0, len(before) - room // 2):]
     right = after[: room - len(left)]
     out = ("…" if len(left) < len(before) else "") + left + match + right + ("…" if len(right) < len(after) else "")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from monitor.records import worst_impact
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 CHECKLIST = (
@@ -79,7 +81,7 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,
     current = [i for i in incidents if i.get("page") not in stale]
     why_stale = "; ".join(_stale_reason(p, now) for p in pages if p.name in stale)
     if current:
-        worst = max((i.get("impact") or "none" for i in current), key=_impact_rank)
+        worst = worst_impact(i.get("impact") for i in current)
         code = CRITICAL if worst in ("major", "critical") else WARNING
         n = len(current)
         reason = f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: {worst})"
@@ -92,21 +94,20 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,
     return Verdict("troubleshoot-locally", OK, "no upload-related incident is open", incidents)
 
 
-def _impact_rank(impact: str) -> int:
-    order = ("none", "minor", "major", "critical")
-    return order.index(impact) if impact in order else 0
-
-
 def age_words(seconds: float) -> str:
-    """A short age: 42 s, 5 min, 3 h, 2 days."""
-    s = max(0, int(seconds))
+    """A short duration or age, rounded down: 42 s, 45 min, 2 h 11 min, 1 d 3 h (messages and status alike)."""
+    s = int(max(seconds, 0))
     if s < 120:
         return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 2 * 86400:
-        return f"{s // 3600} h"
-    return f"{s // 86400} days"
+    minutes = s // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 24 * 60:
+        h, m = divmod(minutes, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, rest = divmod(minutes, 24 * 60)
+    h = rest // 60
+    return f"{d} d {h} h" if h else f"{d} d"
 
 
 def _stale_reason(p: PageHealth, now: datetime) -> str:

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "faults.md"
 ENV = "FAULTS_REPORT_DIR"
-TEST_FILES = ("tests/test_faults.py", "tests/test_crash.py", "tests/test_concurrency.py", "tests/test_bad_input.py")
+TEST_FILES = ("tests/test_faults.py", "tests/test_crash.py", "tests/test_concurrency.py", "tests/test_bad_input.py",
+              "tests/test_robust.py")
 
 SECTIONS = {
     "page": (

@@ -1200,7 +1200,10 @@ class IncidentIoPage(_Page):
     """An incident.io status page (status.openai.com today).
 
     ``api_bodies``: "empty" (captures of April 2026), "markdown" (September 2026)
-    or "missing" (key absent).  ``live_component_status``: component id -> state
+    or "missing" (key absent).  ``api_impact``: "flattened" (none/minor, April 2026)
+    or "real" (minor/major/critical, September 2026).  ``window_updates``: the
+    window lists ``/proxy/<host>/incidents?start_at&end_at`` carry each entry's
+    ``updates`` (as the real page does) or, False, leave them out.  ``live_component_status``: component id -> state
     (either vocabulary), overriding the computed state everywhere (feeds show it
     for every item naming that component).
     """
@@ -1213,9 +1216,14 @@ class IncidentIoPage(_Page):
                  live_component_status: dict[str, str] | None = None, *, name: str = "OpenAI",
                  page_id: str = INCIDENTIO_PAGE_ID, etags: bool = False, rotate_summary: bool = True,
                  summary_limit: int = 25, api_limit: int = 25, feed_limit: int = 50,
-                 history_limit: int = 90, proxy_window_days: float = 95):
+                 history_limit: int = 90, proxy_window_days: float = 95, api_impact: str = "flattened",
+                 window_updates: bool = False):
         if api_bodies not in ("markdown", "empty", "missing"):
             raise ValueError("api_bodies must be markdown, empty or missing")
+        if api_impact not in ("flattened", "real"):
+            raise ValueError("api_impact must be flattened or real")
+        self.api_impact = api_impact
+        self.window_updates = window_updates
         self.incidents = incidents
         self.components = list(components)
         self.api_bodies = api_bodies
@@ -1294,7 +1302,9 @@ class IncidentIoPage(_Page):
         worst = inc.io_worst_impact()
         obj: dict[str, Any] = {
             "id": inc.id, "name": inc.title, "status": vis[-1].status,
-            "impact": "none" if worst in ("degraded_performance", "operational") else "minor",
+            "impact": ({"degraded_performance": "minor", "partial_outage": "major", "full_outage": "critical"}
+                       .get(worst, "none") if self.api_impact == "real" else
+                       "none" if worst in ("degraded_performance", "operational") else "minor"),
             "created_at": iso_go(inc.created_at), "updated_at": iso_go(vis[-1].posted),
             "resolved_at": iso_go(r) if (r := inc.resolved_at(now)) else None,
             "incident_updates": [
@@ -1396,9 +1406,16 @@ class IncidentIoPage(_Page):
 
     def proxy_list_item(self, inc: ReplayIncident, now: datetime) -> dict:
         vis = self.vis(inc, now)
-        return {"id": inc.id, "name": inc.title, "status": vis[-1].status,
+        item = {"id": inc.id, "name": inc.title, "status": vis[-1].status,
                 "published_at": iso_go(inc.started_at), "affected_components": self._affected(inc),
                 "current_worst_impact": inc.io_worst_impact(), "last_update_at": iso_go(vis[-1].posted)}
+        if self.window_updates:
+            item["updates"] = self._proxy_updates(vis)
+        return item
+
+    def _proxy_updates(self, vis: list[ReplayUpdate]) -> list[dict]:
+        return [{"id": u.id, "to_status": u.status, "message_string": markdown_to_text(u.body),
+                 "published_at": iso_go(u.at)} for u in reversed(vis)]
 
     def proxy_incident(self, inc: ReplayIncident, now: datetime) -> dict:
         vis = self.vis(inc, now)
@@ -1412,8 +1429,7 @@ class IncidentIoPage(_Page):
                  "status": inc.io_impact_for(cid), "start_at": iso_go(inc.started_at),
                  "end_at": iso_go(end) if end else None}
                 for cid, _ in inc.components],
-            "updates": [{"id": u.id, "to_status": u.status, "message_string": markdown_to_text(u.body),
-                         "published_at": iso_go(u.at)} for u in reversed(vis)],
+            "updates": self._proxy_updates(vis),
         }}
 
     def proxy_summary(self, now: datetime) -> dict:

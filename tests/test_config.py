@@ -102,6 +102,11 @@ def test_notifier_filters():
 
 
 def test_settings_are_frozen():
+    from pydantic import ValidationError
+
     s = config.Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen_instance"):
         s.pages[0].poll_interval = 1
+    with pytest.raises(ValidationError, match="frozen_instance"):
+        s.database = config.DatabaseSettings(url="sqlite:///other.db")
+    assert s.pages[0].poll_interval == 60 and s.database.url == "sqlite:///monitor.db"

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import faults_report
-from helpers import store_rows, write_config
+from helpers import db_rows, store_rows, write_config
 from replay import Fault, ReplayServer, StatuspagePage
 
 MONITOR = str(Path(sys.executable).with_name("monitor"))
@@ -202,24 +202,62 @@ def test_sigkill_anywhere_loses_nothing_and_repeats_at_most_once(tmp_path, opena
             "had claimed at once (it leads: no wait for the lease); none sent again once marked sent"])
 
 
+def _migrating(db: Path) -> bool:
+    """True while another process migrates the store (it holds the lock file beside it) and holds the
+    store's write lock: the migration's one transaction is open (BEGIN IMMEDIATE), so a kill now lands
+    inside it, before its commit."""
+    import fcntl
+
+    try:
+        fd = os.open(f"{db}.lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False            # nobody is migrating
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=0, isolation_level=None)
+    except sqlite3.Error:
+        return False            # no store file yet
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        con.close()
+
+
 def test_sigkill_during_the_first_migration_can_be_restarted(tmp_path):
+    """SIGKILL while the first migration's transaction is open (not after it committed): the store is left
+    as it was (no table), and the next start migrates it to the head."""
+    from monitor.db import HEAD_REVISION
+
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
     db = tmp_path / "m.db"
-    p = subprocess.Popen([MONITOR, "--config", str(cfg), "db", "upgrade"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-
-    def tables() -> int:
-        try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.01)
-            try:
-                return len(con.execute("select name from sqlite_master where type = 'table'").fetchall())
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return 0
-
-    wait_for(lambda: tables() >= 3 or p.poll() is not None, 30)
-    p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=30)
+    for _attempt in range(10):   # the transaction is short: try again until a kill lands inside it
+        for f in tmp_path.glob("m.db*"):
+            f.unlink()
+        p = subprocess.Popen([MONITOR, "--config", str(cfg), "db", "upgrade"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        wait_for(lambda: p.poll() is not None or _migrating(db), 60)
+        time.sleep(random.uniform(0, 0.01))      # it holds the lock for 40-150 ms here
+        if p.poll() is None and _migrating(db):
+            p.send_signal(signal.SIGKILL)
+            p.communicate(timeout=30)
+            break
+        p.communicate(timeout=30)
+    else:
+        pytest.fail("no kill landed inside the migration in 10 attempts")
+    assert p.returncode == -signal.SIGKILL
+    assert db_rows(db, "select name from sqlite_master where type = 'table'") == []   # nothing half-made
     again = subprocess.run([MONITOR, "--config", str(cfg), "db", "upgrade"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    assert again.stdout.endswith(f"migrated to {HEAD_REVISION}\n"), again.stdout
+    assert db_rows(db, "select version_num from alembic_version") == [(HEAD_REVISION,)]

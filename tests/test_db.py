@@ -36,7 +36,7 @@ def test_long_names_and_ids_from_a_page_are_stored(store_url):
                     consecutive_failures=0)
         s.add(page)
         s.flush()
-        s.add(Component(page_id=page.id, key=long, name=long, group_name=long, status="degraded" * 10))
+        s.add(Component(page_id=page.id, key=long, name=long, status="degraded" * 10))
         inc = Incident(page_id=page.id, page_incident_id=long, status="investigating" * 5, impact="major" * 10,
                        first_seen_at=now, last_seen_at=now, sources=",".join(["api", "feed", "proxy"] * 100))
         s.add(inc)

@@ -110,7 +110,10 @@ def test_dedupe_key_is_stable_across_sources_and_repolls():
                           "identified")], NOW)
     up2 = merge(s, [feed("identified", TEXT2, T0 + timedelta(minutes=30))], NOW)
     assert up1.event == up2.event == "updated"
-    assert up1.state.latest_update().body == up2.state.latest_update().body
+    assert up1.dedupe_key == up2.dedupe_key == f"{ID}:updated:identified#1"
+    # a second update with the same status is a new key, and so is the reopening's
+    up3 = merge(up1.state, [feed("identified", TEXT1 + " More.", T0 + timedelta(minutes=50))], NOW)
+    assert up3.dedupe_key == f"{ID}:updated:identified#2"
 
 
 def test_feed_component_name_maps_to_stored_id_but_ambiguous_login_stays_by_name():
@@ -125,3 +128,13 @@ def test_operational_feed_component_is_not_evidence_and_nothing_is_removed():
     s = merge(None, [feed("investigating", TEXT1, T0)], NOW).state
     s2 = merge(s, [feed("investigating", TEXT1, T0, comps=())], NOW).state
     assert [c.name for c in s2.components] == ["File uploads"]
+
+
+def test_list_entry_text_kept_when_the_timeline_has_it_empty():
+    """Issue 16: a window list's update text stays when the incident's timeline later gives that update
+    (same id) without text."""
+    listed = merge(None, [proxy([("investigating", TEXT1, T0)], "investigating")], NOW).state
+    uid = listed.updates[0].page_update_id
+    later = merge(listed, [proxy([("investigating", "", T0)], "investigating")], NOW)
+    assert uid and later.state.updates[0].page_update_id == uid
+    assert [u.body for u in later.state.updates] == [TEXT1] and not later.new_updates

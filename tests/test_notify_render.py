@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from monitor.notify.render import Message, clean_text, duration_words, render, safe_link
+from monitor.notify.render import Message, clean_text, render, safe_link
+from monitor.verdict import age_words
 
 URL = "https://status.openai.com/incidents/vn8j63zg56hz"
 TITLE = "Elevated errors uploading files in ChatGPT"
@@ -85,12 +86,9 @@ Latest update (Identified, 2024-05-08 02:11 UTC):
 Details: {URL}"""
 
 
-def test_resolved_text_exact():
-    m = render(RESOLVED_P, "text")
-    assert m.title == "Resolved: Elevated errors uploading files in ChatGPT"
-    assert m.kind == "resolved"
-    assert m.body == f"""\
-Resolved after 15 h 58 min. If uploads still fail, troubleshoot locally:
+def resolved_text(lead: str = "Resolved after 15 h 58 min.") -> str:
+    return f"""\
+{lead} If uploads still fail, troubleshoot locally:
 {CHECKLIST_TEXT}
 
 Status: Resolved
@@ -103,6 +101,27 @@ Latest update (Resolved, 2024-05-08 16:37 UTC):
 {RESOLVED}
 
 Details: {URL}"""
+
+
+def test_resolved_text_exact():
+    m = render(RESOLVED_P, "text")
+    assert m.title == "Resolved: Elevated errors uploading files in ChatGPT"
+    assert m.kind == "resolved"
+    assert m.body == resolved_text()
+
+
+def test_reopened_incident_says_wait_again_then_resolved_again():
+    reopened = payload("updated", "monitoring", "Errors are back; we are monitoring a second fix.",
+                       "2024-05-08T18:00:00Z")
+    m = render({**reopened, "reopened": True}, "text")
+    assert m.title == "Wait again: Elevated errors uploading files in ChatGPT"
+    assert m.kind == "wait"
+    assert m.body.startswith("Wait again: OpenAI reports an incident affecting file uploads it had resolved: it is "
+                             "active again. Retrying now will likely fail; this message will update when it is "
+                             "resolved.\n\nStatus: Monitoring\n")
+    again = render({**RESOLVED_P, "reopened": True}, "text")
+    assert again.title == "Resolved again: Elevated errors uploading files in ChatGPT"
+    assert again.body == resolved_text("Resolved again after 15 h 58 min.")
 
 
 def test_updated_to_postmortem_uses_resolved_wording():
@@ -133,7 +152,7 @@ this message will update when it is resolved.
 
 def test_resolved_email_html_exact():
     m = render(RESOLVED_P, "email")
-    assert m.body == render(RESOLVED_P, "text").body
+    assert m.body == resolved_text()          # the plain part of the mail is the text message
     assert m.html == (
         "<p><strong>Resolved after 15 h 58 min.</strong> If uploads still fail, troubleshoot locally:</p>\n"
         "<ol><li>Reload the page, or sign out and back in.</li>"
@@ -154,10 +173,10 @@ def test_resolved_email_html_exact():
 @pytest.mark.parametrize("seconds, words", [
     (2 * 3600 + 11 * 60, "2 h 11 min"), (2 * 3600 + 11 * 60 + 59, "2 h 11 min"), (45 * 60, "45 min"),
     (27 * 3600, "1 d 3 h"), (27 * 3600 + 59 * 60, "1 d 3 h"), (3600, "1 h"), (2 * 86400, "2 d"),
-    (30, "under 1 min"),
+    (30, "30 s"), (119, "119 s"), (120, "2 min"),
 ])
 def test_duration_words(seconds, words):
-    assert duration_words(seconds) == words
+    assert age_words(seconds) == words
 
 
 @pytest.mark.parametrize("started, resolved, words", [

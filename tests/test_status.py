@@ -182,8 +182,8 @@ def test_stale_data_and_page_unreachable_is_unknown_never_all_clear(tmp_path, sp
     assert fails == 1 and outcome.startswith("failed: ")
     lines = r.stdout.splitlines()
     assert lines == [
-        f"UNKNOWN: no fresh data: openai last answered 60 min ago, 1 failed poll in a row ({outcome})",
-        f"Source openai: STALE, last good poll {good:%Y-%m-%d %H:%M:%S} UTC (60 min ago); "
+        f"UNKNOWN: no fresh data: openai last answered 1 h ago, 1 failed poll in a row ({outcome})",
+        f"Source openai: STALE, last good poll {good:%Y-%m-%d %H:%M:%S} UTC (1 h ago); "
         f"FAILING: 1 poll in a row failed, last: {outcome}",
     ]
     if how == "HTTP 500":
@@ -266,7 +266,7 @@ def test_two_pages_one_down(tmp_path, openai_history):
         r = status(cfg)
         assert r.exit_code == 2, r.output
         assert r.stdout.splitlines()[0].startswith(
-            "WAIT: 1 upload-related incident open (worst impact: major); no fresh data: mirror last answered 60 min ago")
+            "WAIT: 1 upload-related incident open (worst impact: major); no fresh data: mirror last answered 1 h ago")
         a.now = MAJOR_OVER
         run(cfg, "poll", "--page", "openai")
         r = status(cfg)

@@ -122,9 +122,18 @@ def test_none_and_empty_texts_are_skipped_and_inputs_may_be_iterators():
         tag_incident(DEFAULT_RULES, "file uploads failing", (), ())
 
 
-def test_pure_same_input_same_output():
+def test_pure_no_state_carried_between_calls():
+    """The answer depends on the rules and the texts only: not on earlier calls with other rules or other
+    incidents (a cache keyed on the texts alone would fail here), and the inputs are left as they were."""
     case = _case("7021042tlg91")
-    assert _run(case) == _run(case)
+    bodies = list(case["bodies"])
+    first = [m.tag for m in _run(case)]
+    without = build_rules({"data-analysis": {"replace": True}})
+    assert [m.tag for m in _run(case, without)] == ["file-upload"]
+    for other in CASES[:40]:
+        _run(other)
+    assert [m.tag for m in _run(case)] == first == ["data-analysis", "file-upload"]
+    assert case["bodies"] == bodies
 
 
 def test_exclude_only_applies_within_the_same_sentence():

@@ -422,12 +422,12 @@ def test_chart_scales():
 
 @pytest.mark.parametrize("first_poll, first_seen, late", [
     ("2024-08-19T18:00:00Z", "2024-08-19T19:08:30Z", "17 min"),   # watching before it started: 17.5 min late
-    ("2024-08-19T18:51:00Z", "2024-08-19T18:51:00Z", "under 1 min"),
+    ("2024-08-19T18:51:00Z", "2024-08-19T18:51:00Z", "0 s"),
     ("2024-08-19T19:00:00Z", "2024-08-19T19:00:05Z", ""),         # started watching after it began: unknown
     (None, "2024-08-19T19:00:05Z", ""),
 ])
 def test_posted_late_only_where_known(first_poll, first_seen, late):
-    from monitor.notify.render import parse_time
+    from monitor.records import parse_iso as parse_time
     from monitor.web.page import incident_view
 
     row = {"page": "openai", "id": "x", "title": "t", "url": None, "status": "resolved", "impact": "major",

@@ -28,7 +28,7 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Mapping
 
 from sqlalchemy import select, update
@@ -84,7 +84,9 @@ def configured_channel(ns: NotifierSettings) -> Channel:
 
 
 def _now(now: datetime | None) -> datetime:
-    now = now or datetime.now(timezone.utc)
+    from monitor.records import now_utc
+
+    now = now or now_utc()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return now
@@ -92,7 +94,9 @@ def _now(now: datetime | None) -> datetime:
 
 def backoff_seconds(attempts: int, base: float, cap: float, *, rand=random.random) -> float:
     """Delay after the `attempts`-th failed attempt: min(cap, base * 2**(attempts-1)) * [0.5, 1.0]."""
-    raw = min(cap, base * 2 ** max(attempts - 1, 0))
+    from monitor.records import backoff
+
+    raw = backoff(attempts, base, cap)
     return raw * (0.5 + 0.5 * rand())
 
 
@@ -234,7 +238,9 @@ def deliver_due(settings: Settings, engine: Engine, *, now: datetime | None = No
 def sample_payload(now: datetime | None = None) -> dict:
     """A made-up open upload incident (wording of the real 2024-05-07 one), for test messages."""
     now = _now(now).replace(microsecond=0)
-    at = now.isoformat().replace("+00:00", "Z")
+    from monitor.records import iso_z
+
+    at = iso_z(now)
     return {
         "event": "test", "page": "openai", "id": "test",
         "title": "Elevated errors uploading files in ChatGPT (sample incident)",

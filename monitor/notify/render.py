@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+from monitor.records import cap, parse_iso
 from monitor.tags import UPLOAD_TAGS
-from monitor.verdict import CHECKLIST
+from monitor.verdict import CHECKLIST, age_words
 
 FORMATS = ("text", "slack", "email")
 TITLE_MAX = 250
@@ -70,13 +71,6 @@ def clean_line(s: object) -> str:
     return " ".join(clean_text(s).split())
 
 
-def cap(s: str, limit: int) -> str:
-    """`s` cut to at most `limit` characters, ending in "…" when cut."""
-    if limit <= 0 or len(s) <= limit:
-        return s
-    return s[: max(limit - 1, 0)].rstrip() + "…"
-
-
 def safe_link(url: object) -> str | None:
     """The URL when it is a plain http(s) link, else None (javascript:, data:, relative, odd characters)."""
     if not isinstance(url, str):
@@ -105,33 +99,8 @@ def _slack_url(url: str) -> str:
 
 # ------------------------------------------------------------------------------------------ time words
 
-def parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-
-
 def utc_words(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def duration_words(seconds: float) -> str:
-    """45 min, 2 h 11 min, 1 d 3 h (rounded down to the minute)."""
-    minutes = int(max(seconds, 0) // 60)
-    if minutes < 1:
-        return "under 1 min"
-    if minutes < 60:
-        return f"{minutes} min"
-    if minutes < 24 * 60:
-        h, m = divmod(minutes, 60)
-        return f"{h} h {m} min" if m else f"{h} h"
-    d, rest = divmod(minutes, 24 * 60)
-    h = rest // 60
-    return f"{d} d {h} h" if h else f"{d} d"
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -144,6 +113,7 @@ class _Facts:
     title: str
     who: str
     uploads: bool
+    again: bool              # the incident reopened: "wait again", then "resolved again"
     status: str
     impact: str
     components: tuple[str, ...]
@@ -168,17 +138,18 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
     who = "OpenAI" if page.lower() in ("", "openai") else f"The {page} status page"
     tags = {clean_line(t) for t in (p.get("tags") or []) if t}
     upd = p.get("update") if isinstance(p.get("update"), dict) else {}
-    started, resolved_at = parse_time(p.get("started_at")), parse_time(p.get("resolved_at"))
-    update_at = parse_time(upd.get("published_at"))
+    started, resolved_at = parse_iso(p.get("started_at")), parse_iso(p.get("resolved_at"))
+    update_at = parse_iso(upd.get("published_at"))
     duration = None
     if kind == "resolved" and started:
         end = resolved_at or update_at or now
         if end and end >= started:
-            duration = duration_words((end - started).total_seconds())
+            duration = age_words((end - started).total_seconds())
     comps = tuple(dict.fromkeys(c for c in (clean_line(x) for x in (p.get("components") or [])) if c))
     return _Facts(
         event=event, kind=kind, title=cap(clean_line(p.get("title")) or "(untitled incident)", TITLE_MAX),
-        who=who, uploads=bool(tags.intersection(UPLOAD_TAGS)) or not tags,
+        who=who, again=p.get("reopened") is True,
+        uploads=p["uploads"] if isinstance(p.get("uploads"), bool) else bool(tags.intersection(UPLOAD_TAGS)) or not tags,
         status=_STATUS_WORDS.get(status, status[:1].upper() + status[1:]) or "Unknown",
         impact=clean_line(p.get("impact")) or "unknown", components=comps, started=started,
         resolved=resolved_at if kind == "resolved" else None,
@@ -191,9 +162,9 @@ def _probe_facts(p: dict, now: datetime | None) -> _Facts:
     """The probe's early warning (event "opened") or its all-clear ("resolved"); see monitor.probe.payload."""
     resolved = clean_line(p.get("event")) == "resolved"
     probe = p.get("probe") if isinstance(p.get("probe"), dict) else {}
-    started, ended = parse_time(p.get("started_at")), parse_time(p.get("resolved_at"))
+    started, ended = parse_iso(p.get("started_at")), parse_iso(p.get("resolved_at"))
     end = ended or now
-    duration = duration_words((end - started).total_seconds()) if resolved and started and end else None
+    duration = age_words((end - started).total_seconds()) if resolved and started and end else None
     lines = [("Failing from here since", utc_words(started))] if started else []
     if resolved and ended:
         lines.append(("Working again since", utc_words(ended)))
@@ -208,7 +179,7 @@ def _probe_facts(p: dict, now: datetime | None) -> _Facts:
     return _Facts(event="resolved" if resolved else "opened", kind="resolved" if resolved else "wait",
                   title=("Uploads to the OpenAI Files API work again from here" if resolved
                          else "Uploads to the OpenAI Files API are failing from here"),
-                  who="OpenAI", uploads=True, status="Resolved" if resolved else "Investigating",
+                  who="OpenAI", uploads=True, again=False, status="Resolved" if resolved else "Investigating",
                   impact=clean_line(p.get("impact")) or "unknown", components=(), started=started,
                   resolved=ended if resolved else None, update_status="", update_at=None, update_text="",
                   link=None, duration=duration, probe=tuple(lines))
@@ -216,7 +187,7 @@ def _probe_facts(p: dict, now: datetime | None) -> _Facts:
 
 def _title(f: _Facts) -> str:
     word = {"wait": "Wait", "resolved": "Resolved", "test": "Test"}[f.kind]
-    return cap(f"{word}: {f.title}", TITLE_MAX)
+    return cap(f"{word}{' again' * (f.again and f.kind != 'test')}: {f.title}", TITLE_MAX)
 
 
 def _verdict(f: _Facts) -> tuple[str, str]:
@@ -230,12 +201,16 @@ def _verdict(f: _Facts) -> tuple[str, str]:
         return "Wait:", (f"uploads to the OpenAI Files API have been failing from here{since}, and the status "
                          "page has posted nothing yet. Wait rather than troubleshoot locally; a message follows "
                          "when the page posts an incident or uploads work again.")
+    again = " again" if f.again else ""
     if f.kind == "resolved":
-        return (f"Resolved after {f.duration}." if f.duration else "Resolved."), \
+        return (f"Resolved{again} after {f.duration}." if f.duration else f"Resolved{again}."), \
             "If uploads still fail, troubleshoot locally:"
     what = "an active incident affecting file uploads" if f.uploads else "an active incident"
-    return "Wait:", (f"{f.who} reports {what}. Retrying now will likely fail; "
-                     "this message will update when it is resolved.")
+    if f.again:
+        what = ("an incident affecting file uploads" if f.uploads else "an incident") + \
+            " it had resolved: it is active again"
+    return f"Wait{again}:", (f"{f.who} reports {what}. Retrying now will likely fail; "
+                             "this message will update when it is resolved.")
 
 
 def _fact_lines(f: _Facts) -> list[tuple[str, str]]:

@@ -1,22 +1,127 @@
-"""Helpers every source parser shares: tolerant timestamps, status words, text from HTML, incident ids."""
+"""What every page kind shares: the interface a kind implements (`PageKind`), the one boundary where an
+answer becomes records or that source's error (`PageKind.read`), and the parsers' helpers: tolerant
+timestamps, status words, text from HTML, incident ids."""
 from __future__ import annotations
 
 import calendar
 import html
 import io
 import json
+import logging
 import re
 import xml.sax
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from monitor.records import STATUSES
+from monitor.records import STATUSES, SourceResult, cap, iso_z, now_utc, parse_iso
 
 EARLIEST = datetime(2010, 1, 1, tzinfo=timezone.utc)
+log = logging.getLogger("monitor.sources")
 
 
 class ParseError(Exception):
-    """A body was not the JSON or feed we expected (one-line message)."""
+    """A body was not the JSON or feed we expected (one-line message): the error of that one source."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a kind needs besides an answer's bytes to read it."""
+    base_url: str                 # the page, for incident links
+    host: str                     # the host incident.io's proxy paths name
+    now: datetime
+    time_zone: str | None = None  # the page's own zone (Atlassian feeds write local times), when known
+
+
+@dataclass
+class Backfill:
+    """What a kind's backfill got: one result per answer it could read, the paths that answered, and
+    one line per cause of what failed."""
+    results: list[SourceResult]
+    answered: list[str]
+    errors: list[str]
+
+
+Fetch = Callable[[str], Awaitable]     # path -> sources.http.Fetched; raises sources.http.FetchError
+
+
+class PageKind:
+    """One kind of status page. The poll asks it which paths to fetch, hands it each answer to read (through
+    `read`, the one boundary: whatever goes wrong while reading an answer is that source's ParseError), and
+    lets it backfill with a fetch function it is given. A new kind is one module with one subclass, and one
+    line in `monitor.sources.KINDS`."""
+
+    name = ""
+    poll_paths: tuple[str, ...] = ()        # fetched on every poll
+    components_path: str | None = None      # fetched at most every `components_every`
+    components_every = timedelta(hours=1)
+    timelines = False                       # True: lists lack full timelines; fetch `timeline_path`s
+    history = False                         # True: `backfill` offers incidents older than the lists
+
+    def recognises(self, summary_page: dict | None, feed: bytes | None) -> bool:
+        """Whether a page is of this kind, from the `page` object of its summary.json or, without one, from
+        its history feed."""
+        return False
+
+    def paths(self, fetched_at: dict[str, datetime | None], now: datetime) -> list[str]:
+        """The paths to fetch on this poll, given when each was last read."""
+        out = list(self.poll_paths)
+        if self.components_path:
+            last = fetched_at.get(self.components_path)
+            if last is None or now - last > self.components_every:
+                out.append(self.components_path)
+        return out
+
+    def parse(self, path: str, body: bytes, content_type: str, ctx: Context) -> SourceResult:
+        """One answer as records; ParseError when it is not what this path serves."""
+        raise NotImplementedError
+
+    def read(self, path: str, body: bytes, content_type: str, ctx: Context) -> SourceResult:
+        """`parse`, with every exception it raises turned into this source's ParseError (and logged with
+        its type): a field of a type nobody expected must never crash a poll."""
+        try:
+            return self.parse(path, body, content_type, ctx)
+        except ParseError:
+            raise
+        except Exception as exc:   # the boundary: anything else is a bug met on odd input, not a crash
+            reason = one_line(exc)
+            log.warning("%s: cannot read %s: %s: %s", self.name, path, type(exc).__name__, reason)
+            raise ParseError(f"cannot read this answer ({type(exc).__name__}: {reason})") from None
+
+    def timeline_path(self, host: str, incident_id: str) -> str | None:
+        """The path of one incident's full timeline, when the lists lack it; None: they carry it."""
+        return None
+
+    async def backfill(self, fetch: Fetch, ctx: Context, since: datetime, *, details: bool) -> Backfill:
+        raise ParseError("this page kind offers no history beyond its recent incidents")
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, capped."""
+    return cap(" ".join(str(exc).split()) or type(exc).__name__, limit)
+
+
+def by_cause(what: str, failures: list[str], unit: str = "incident") -> list[str]:
+    """One line per cause instead of one per item: "timelines unavailable for 28 incidents: HTTP 404"."""
+    return [f"{what} unavailable for {n} {unit}{'s' * (n != 1)}: {why}" for why, n in Counter(failures).most_common()]
+
+
+def cause(message: str, url: str) -> str:
+    """A fetch error's message without the URL it names, so errors of many URLs group by cause."""
+    out = re.sub(r"\s*\b(?:from|to|talking to)\s+" + re.escape(url), "", message)
+    return out.replace(url, "").strip(" :") or message
+
+
+def as_list(value) -> list:
+    """`value` when it is a list, else []: a page field of another type is ignored, not iterated."""
+    return value if isinstance(value, list) else []
+
+
+def as_str(value) -> str:
+    """`value` stripped when it is a string, else ""."""
+    return value.strip() if isinstance(value, str) else ""
 
 
 def plausible(t: datetime | None, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
@@ -24,7 +129,7 @@ def plausible(t: datetime | None, now: datetime | None = None, rejected: list | 
     noted in `rejected`: such times come from a broken page, not from an incident."""
     if t is None:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or now_utc()
     if t < EARLIEST or t > now + timedelta(days=1):
         if rejected is not None:
             rejected.append(t)
@@ -35,15 +140,7 @@ def plausible(t: datetime | None, now: datetime | None = None, rejected: list | 
 def parse_time(value, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
     """ISO 8601 (Z, 2- or 3-digit fractions) to aware UTC. Implausible times count as missing (and are
     noted in `rejected`), see `plausible`."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        t = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return plausible(t.astimezone(timezone.utc), now, rejected)
+    return plausible(parse_iso(value), now, rejected)
 
 
 def struct_time_utc(t, now: datetime | None = None, rejected: list | None = None) -> datetime | None:
@@ -64,7 +161,7 @@ def notes(*, skipped: int = 0, what: str = "incidents", untitled: int = 0, rejec
     if untitled:
         out.append(f"{what} without a title: {untitled}")
     if rejected:
-        eg = min(rejected).isoformat().replace("+00:00", "Z")
+        eg = iso_z(min(rejected))
         out.append(f"implausible timestamps ignored: {len(rejected)} (e.g. {eg})")
     return out
 
@@ -109,13 +206,20 @@ def canonical_url(base_url: str, incident_id: str) -> str:
     return f"{base_url.rstrip('/')}/incidents/{incident_id}"
 
 
-_TAG = re.compile(r"<[^>]+>")
-_BREAK = re.compile(r"<\s*(br|/p|/li|/ul|/div|p)\b[^>]*>", re.I)
+_TAG = re.compile(r"<[A-Za-z/!][^>]*>")
+_BREAK = re.compile(r"<\s*(?:br|p|/p|li|/li|/ul|div|/div|/h[1-6])\b[^>]*>", re.I)
+
+
+def strip_html(text: str, tag: str = "") -> str:
+    """HTML tags out (line-breaking ones become newlines, the others `tag`), entities decoded."""
+    if "<" in text:
+        text = _TAG.sub(tag, _BREAK.sub("\n", text))
+    return html.unescape(text) if "&" in text else text
 
 
 def html_to_text(fragment: str) -> str:
-    text = _BREAK.sub("\n", fragment or "")
-    text = html.unescape(_TAG.sub("", text))
+    """A page's HTML fragment as plain text: one space between words, at most one blank line."""
+    text = strip_html(fragment or "")
     lines = [re.sub(r"[ \t\r\f\v]+", " ", ln).strip() for ln in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 
 from monitor import __version__
+from monitor.sources.common import one_line
 
 USER_AGENT = f"openai-status-monitor/{__version__} (status page poller; +https://pypi.org/project/openai-status-monitor/)"
 
@@ -67,10 +68,6 @@ def _mb(n: int) -> str:
     return f"{n / (1 << 20):g} MB"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def same_site(origin: httpx.URL, target: httpx.URL) -> bool:
     """A redirect may change the path, or move http to https on the same host; never the host or the port."""
     if target.host != origin.host:
@@ -110,15 +107,15 @@ async def fetch(http: httpx.AsyncClient, url: str, *, etag: str | None = None,
     except httpx.RemoteProtocolError as exc:
         if "peer closed" in str(exc) or "incomplete" in str(exc).lower():
             raise FetchError(f"the connection closed before the whole response from {url} arrived") from None
-        raise FetchError(f"invalid HTTP response from {url}: {_one_line(exc)}") from None
+        raise FetchError(f"invalid HTTP response from {url}: {one_line(exc)}") from None
     except httpx.ConnectError as exc:
-        raise FetchError(f"cannot connect to {url}: {_one_line(exc)}".rstrip(": ")) from None
+        raise FetchError(f"cannot connect to {url}: {one_line(exc)}".rstrip(": ")) from None
     except httpx.HTTPError as exc:
-        raise FetchError(f"{type(exc).__name__} fetching {url}: {_one_line(exc)}".rstrip(": ")) from None
+        raise FetchError(f"{type(exc).__name__} fetching {url}: {one_line(exc)}".rstrip(": ")) from None
     except (zlib.error, EOFError):
         raise FetchError(f"corrupt gzip body from {url}") from None
     except httpx.InvalidURL as exc:
-        raise FetchError(f"invalid URL {url}: {_one_line(exc)}") from None
+        raise FetchError(f"invalid URL {url}: {one_line(exc)}") from None
 
 
 async def _read(r: httpx.Response, url: str, etag: str | None, last_modified: str | None, max_bytes: int) -> Fetched:

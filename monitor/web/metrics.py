@@ -5,9 +5,12 @@ outbox agree with each other); poll counts are kept in the process, as the servi
 counter is present at 0 from the start, so `rate()` and `increase()` work from the first scrape."""
 from __future__ import annotations
 
-from monitor.sources import incidentio, statuspage
+from monitor import sources
 
-KIND_SOURCES = {"statuspage": statuspage.POLL_PATHS, "incidentio": incidentio.POLL_PATHS}
+
+def list_paths(kind: str | None) -> tuple[str, ...]:
+    """The list sources a page of this kind is polled through (none while its kind is not known yet)."""
+    return sources.kind(kind).poll_paths if kind in sources.KINDS else ()
 
 
 class PollCounts:
@@ -28,7 +31,7 @@ class PollCounts:
         self.polls[page] = self.polls.get(page, 0) + 1
         if not result.ok:
             self.failures[page] = self.failures.get(page, 0) + 1
-        for path in KIND_SOURCES.get(result.kind, ()):
+        for path in list_paths(result.kind):
             self.fetches[page, path] = self.fetches.get((page, path), 0) + 1
             if path not in result.sources_ok:
                 self.fetch_failures[page, path] = self.fetch_failures.get((page, path), 0) + 1
@@ -93,7 +96,7 @@ class StoreCollector:
             polls.add_metric([ps.name], c.polls.get(ps.name, 0))
             failed.add_metric([ps.name], c.failures.get(ps.name, 0))
             kind = ps.kind if ps.kind != "auto" else kinds.get(ps.name)
-            for path in KIND_SOURCES.get(kind, ()):
+            for path in list_paths(kind):
                 fetches.add_metric([ps.name, path], c.fetches.get((ps.name, path), 0))
                 fetch_failed.add_metric([ps.name, path], c.fetch_failures.get((ps.name, path), 0))
         yield from (polls, failed, fetches, fetch_failed)

@@ -7,7 +7,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from monitor.notify.render import TITLE_MAX, cap, clean_line, clean_text, duration_words, safe_link, utc_words
+from monitor.notify.render import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
+from monitor.records import parse_iso
+from monitor.verdict import age_words
 
 IMPACT_ORDER = ("none", "minor", "major", "critical")
 SHAPES = {"none": "circle", "minor": "circle", "major": "square", "critical": "diamond"}
@@ -62,7 +64,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
 
     report = status.from_session(session, settings)
     now = report.now
-    rows = h.history(Reader(connection=session.connection()), since=since)
+    rows = h.history(Reader(connection=session.connection()), since=since, upload_tags=settings.upload_tags)
     seen = {(p, i): (first, watching) for p, i, first, watching in session.execute(
         select(Page.name, Incident.page_incident_id, Incident.first_seen_at, Page.first_poll_at)
         .join(Page, Page.id == Incident.page_id)
@@ -93,9 +95,8 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
 
 def incident_view(r: dict, seen, now: datetime) -> dict:
     """One incident as the page shows it: cleaned and capped text, a safe link, words for times."""
-    from monitor.notify.render import parse_time
 
-    started, resolved = parse_time(r["started_at"]), parse_time(r["resolved_at"])
+    started, resolved = parse_iso(r["started_at"]), parse_iso(r["resolved_at"])
     impact = r["impact"] if r["impact"] in IMPACT_ORDER else "none"
     is_open = resolved is None and r["status"] not in ("resolved", "postmortem")
     end = resolved or (now if is_open else None)
@@ -110,8 +111,8 @@ def incident_view(r: dict, seen, now: datetime) -> dict:
         "started_words": utc_words(started) if started else "unknown",
         "resolved_words": utc_words(resolved) if resolved else ("still open" if is_open else "unknown"),
         "seconds": seconds,
-        "duration_words": (duration_words(seconds) + (" so far" if is_open else "")) if seconds is not None else "",
-        "late_words": duration_words(late) if late is not None else "",
+        "duration_words": (age_words(seconds) + (" so far" if is_open else "")) if seconds is not None else "",
+        "late_words": age_words(late) if late is not None else "",
     }
 
 
