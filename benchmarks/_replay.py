@@ -8,7 +8,7 @@ PAGE: `openai` (StatuspagePage over the recorded OpenAI history), `synthetic` (S
 synthetic_incidents(N), every incident in incidents.json), `incidentio` (IncidentIoPage over
 incidentio_incidents()) or `incidentio-synthetic` (IncidentIoPage over synthetic_incidents(N, ids="ulid"),
 the backfill benchmark's page; `--list-updates 1` makes its window lists carry each incident's updates, as
-the real page's do: tests/replay.py's IncidentIoPage(list_updates=...)). Prints one JSON line (base_url, now,
+the real page's do: tests/replay.py's IncidentIoPage(window_updates=...)). Prints one JSON line (base_url, now,
 the page's update times, the first incident's start) once it is ready, then serves until its standard input
 closes.
 
@@ -149,7 +149,7 @@ def main() -> None:
         start = datetime.now(timezone.utc).replace(microsecond=0) - span - timedelta(days=1)
         incs = synthetic_incidents(a.n, start, seed=a.seed, ids=ids)
         if ids == "ulid":
-            kw = {} if a.list_updates is None else {"list_updates": bool(a.list_updates)}
+            kw = {} if a.list_updates is None else {"window_updates": bool(a.list_updates)}
             page = IncidentIoPage(incs, etags=bool(a.etags), **kw)
         else:
             page = StatuspagePage(incs, api_limit=len(incs), etags=True if a.etags is None else bool(a.etags))

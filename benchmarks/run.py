@@ -571,7 +571,7 @@ def backfill(mon, env, tmp: Path, srv: Server, reps: int) -> dict:
     """`monitor backfill --since` the page's first incident, against the stdlib baseline, interleaved."""
     if srv.error:
         return {"error": f"replay server: {srv.error}",
-                "needs": "tests/replay.py IncidentIoPage(list_updates=True): window lists carrying updates[]"}
+                "needs": "tests/replay.py IncidentIoPage(window_updates=True): window lists carrying updates[]"}
     since = srv.info["first_started_at"]
     host = "status.openai.com"
     ours, bases = [], []
