@@ -161,7 +161,7 @@ def w_memparts(a: dict) -> dict:
     settings = config.load(a["config"])
     channels.validate(settings.notifiers)
     chans = [channels.channel_for(n) for n in settings.notifiers]
-    for label, fn in ((f"notifiers loaded ({', '.join(c.kind for c in chans)})", None),
+    for label, fn in ((f"notifiers loaded ({', '.join(type(c).__name__ for c in chans)})", None),
                       ("apprise's lookup of every plugin (any other scheme)", lambda: channels.known_scheme("json")),
                       ("Alembic (`monitor run` migrates in a child process: not held)",
                        lambda: importlib.import_module("alembic.command"))):

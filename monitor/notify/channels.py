@@ -202,7 +202,6 @@ def known_scheme(scheme: str) -> bool:
 class Channel:
     """A destination. Subclasses set `format` (what to render) and may override `build`/`send`."""
 
-    kind = "base"
     format = "text"               # render format: slack | email | text
     body_format = "text"          # apprise body_format of the built body
 
@@ -228,7 +227,6 @@ class Channel:
 class LogChannel(Channel):
     """The `log` notifier: each message is one INFO line (title and the body's lines joined by " | ")."""
 
-    kind = "log"
 
     def __init__(self, name: str = "log"):
         super().__init__(name)
@@ -244,7 +242,6 @@ class AppriseChannel(Channel):
     """A channel backed by one `apprise.Apprise` object, kept for the channel's life (so apprise's own
     per-target bookkeeping and throttling apply per channel)."""
 
-    kind = "apprise"
 
     def __init__(self, name: str, url: str | None, *, error: str | None = None, throttle: bool = True):
         super().__init__(name)
@@ -306,7 +303,6 @@ class AppriseChannel(Channel):
 class GenericChannel(AppriseChannel):
     """Any other apprise URL (json://, ntfy://, …): plain text, declared as text."""
 
-    kind = "generic"
 
 
 def _verbatim(body, body_format=None, *args, **kwargs):
@@ -324,7 +320,6 @@ class SlackChannel(AppriseChannel):
     already entity-escaped every third-party `&`, `<`, `>`. apprise still entity-escapes the title itself.
     tests/test_notify_delivery.py asserts the exact JSON apprise posts."""
 
-    kind = "slack"
     format = "slack"
     body_format = "markdown"
 
@@ -335,7 +330,6 @@ class SlackChannel(AppriseChannel):
 class EmailChannel(AppriseChannel):
     """E-mail: the escaped HTML declared as HTML, so apprise sends multipart/alternative (text + HTML)."""
 
-    kind = "email"
     format = "email"
     body_format = "html"
 
