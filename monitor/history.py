@@ -56,15 +56,7 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
             chosen, params = in_list("id", [r[0] for r in rows])
         else:
             chosen = f"({chosen})"
-        tag_map: dict[int, list[str]] = {}
-        for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN {chosen} "
-                                    "ORDER BY incident_id, tag", params):
-            tag_map.setdefault(iid, []).append(tag)
-        comp_map: dict[int, list[str]] = {}
-        for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
-                                     f"WHERE incident_id IN {chosen} ORDER BY id", params):
-            if name:
-                comp_map.setdefault(iid, []).append(name)
+        tag_map, comp_map = _tags_and_components(reader, chosen, params)
         sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
                                 "AND state = 'sent' GROUP BY incident_id", params))
         outages = _probe_outages(reader)
@@ -74,6 +66,21 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
              "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0),
              **probe_lead(outages, time(started), time(first_seen))}
             for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
+
+
+def _tags_and_components(reader: Reader, chosen: str, params: dict) -> tuple[dict, dict]:
+    """Incident id -> its tags (sorted) and its components' names, for the incidents of the SQL list or
+    subquery `chosen` (inside the caller's `with reader`)."""
+    tag_map: dict[int, list[str]] = {}
+    for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN {chosen} "
+                                "ORDER BY incident_id, tag", params):
+        tag_map.setdefault(iid, []).append(tag)
+    comp_map: dict[int, list[str]] = {}
+    for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
+                                 f"WHERE incident_id IN {chosen} ORDER BY id", params):
+        if name:
+            comp_map.setdefault(iid, []).append(name)
+    return tag_map, comp_map
 
 
 def _probe_outages(reader: Reader) -> list[tuple[datetime, datetime | None]]:
@@ -160,15 +167,7 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
         rows = reader.rows("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, "
                            "i.started_at, i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
                            + " ORDER BY i.started_at DESC", params)
-        tag_map: dict[int, list[str]] = {}
-        for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN ({chosen}) "
-                                    "ORDER BY incident_id, tag", params):
-            tag_map.setdefault(iid, []).append(tag)
-        comp_map: dict[int, list[str]] = {}
-        for iid, name in reader.rows("SELECT incident_id, name FROM incident_components "
-                                     f"WHERE incident_id IN ({chosen}) ORDER BY id", params):
-            if name:
-                comp_map.setdefault(iid, []).append(name)
+        tag_map, comp_map = _tags_and_components(reader, f"({chosen})", params)
         stored = {r[0]: r[1:] for r in reader.rows(
             "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
             f"WHERE name IN {names}", p_names)}
