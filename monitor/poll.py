@@ -12,15 +12,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import store
 from monitor.config import PageSettings, Settings
 from monitor.db import safe_error, transaction
 from monitor.merge import merge
-from monitor.models import Incident, Page, SourceState
-from monitor.records import IncidentRec, SourceResult, backoff
+from monitor.models import Page
+from monitor.records import IncidentRec, SourceResult
 from monitor.sources import detect, kind as page_kind
 from monitor.sources.common import Context, PageKind, ParseError, by_cause, cause, now_utc, one_line
 from monitor.sources.http import FetchError, Fetched, client, fetch
@@ -138,8 +137,8 @@ async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *
         log.exception("page %s: poll failed", ps.name)
         res = _failed(p, started, f"poll failed ({type(exc).__name__}: {one_line(exc)})")
         try:
-            page_id = _known_page(engine, ps)[0]
-            _record_failure(engine, page_id, p, now_utc())
+            page_id = store.known_page(engine, ps.name, ps.base_url, CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)[0]
+            _record_failure(p, page_id, now_utc())
         except (SQLAlchemyError, TypeError):
             pass
         return res
@@ -157,11 +156,11 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
     settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
     res = p.result
     now = p.ctx.now
-    known = _known_page(engine, ps)
+    known = store.known_page(engine, ps.name, ps.base_url, CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)
     if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
         with transaction(engine) as s:
             store.get_page(s, ps.name, ps.base_url)
-        known = _known_page(engine, ps)
+        known = store.known_page(engine, ps.name, ps.base_url, CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)
     page_id, stored_kind, first_poll, not_before, states, catch_up, time_zone = known
     p.ctx = Context(ps.base_url, ps.host, now, time_zone)
     name = ps.kind if ps.kind != "auto" else stored_kind
@@ -188,7 +187,7 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
         res.errors += by_cause("timelines", list(p.timeline_failed.values()))
     if not fetched or not res.sources_ok:
         res.ok = False
-        _record_failure(engine, page_id, p, now)
+        _record_failure(p, page_id, now)
         res.seconds = time.monotonic() - started
         return res
     kind, parsed, new_states, comps = fetched
@@ -202,46 +201,6 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
             res.errors.append(f"backfill: {type(exc).__name__}: {one_line(exc)}")
     res.seconds = time.monotonic() - started
     return res
-
-
-# What every poll reads and writes first, built once (statement construction and cache-key generation per call
-# cost more than the SQL itself on an unchanged poll)
-_KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, Page.time_zone,
-                 SourceState.path, SourceState.etag, SourceState.last_modified, SourceState.body_hash,
-                 SourceState.fetched_at, SourceState.last_error)
-          .outerjoin(SourceState, SourceState.page_id == Page.id).where(Page.name == bindparam("name")))
-# stored incidents still missing their timeline (incident.io), fetched a few per poll
-_CATCH_UP = (select(Incident.page_incident_id)
-             .where(Incident.page_id == bindparam("pid"), Incident.timeline_complete.is_(False))
-             .order_by(Incident.started_at.desc()).limit(CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL))
-_HEALTHY = (update(Page).where(Page.id == bindparam("pid")).values(
-    last_poll_at=bindparam("now"), last_success_at=bindparam("now"), consecutive_failures=0,
-    not_before=bindparam("nb"), last_outcome=bindparam("outcome")))
-
-
-@dataclass(frozen=True, slots=True)
-class _State:
-    """A source's stored validators, as read before a poll (for a timeline: when and why it last failed)."""
-    path: str
-    etag: str | None
-    last_modified: str | None
-    body_hash: str | None
-    fetched_at: datetime | None
-    last_error: str | None = None
-
-
-def _known_page(engine, ps: PageSettings):
-    """The page's row, its sources' validators and the incidents still missing a timeline, in one short
-    read with Core (no ORM session). None when the row is missing or its base_url changed."""
-    with engine.begin() as conn:
-        rows = conn.execute(_KNOWN, {"name": ps.name}).all()
-        if not rows or rows[0].base_url != ps.base_url:
-            return None
-        r0 = rows[0]
-        catch_up = list(conn.execute(_CATCH_UP, {"pid": r0.id}).scalars())
-    states = {r.path: _State(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at, r.last_error)
-              for r in rows if r.path}
-    return r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up, r0.time_zone
 
 
 async def _fetch_sources(p: _Poll, name, states, now, end: float):
@@ -393,7 +352,7 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
         by_id[rec.page_incident_id].append(rec)
     if (not by_id and not new_states and comps is None and not first_poll and not p.timeline_failed
             and not p.time_zone):
-        _record_success(p, page_id, now)   # nothing learnt: one UPDATE of the page's health
+        store.record_success(p.engine, page_id, now, p.retry_after, _outcome(p.result))   # nothing learnt: one UPDATE
         res.unchanged = True
         return
     with transaction(p.engine) as s:
@@ -413,8 +372,8 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
         res.queued = store.apply(s, page, changes, rows, rules=p.rules, notifiers=p.settings.notifiers,
                                  now=now, silent_resolved=first_poll, silent=silent,
                                  upload_tags=p.settings.upload_tags)
-        _save_states(s, page_id, new_states, now)
-        _save_timeline_states(s, page_id, p, now)
+        store.save_states(s, page_id, new_states, now)
+        store.save_timeline_states(s, page_id, p.timeline_ok, p.timeline_failed, now)
         page.kind = res.kind or page.kind
         page.time_zone = p.time_zone or page.time_zone
         page.first_poll_at = page.first_poll_at or now
@@ -425,53 +384,15 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
     res.unchanged = not changes
 
 
-def _record_success(p: _Poll, page_id: int, now: datetime) -> None:
-    with p.engine.begin() as conn:
-        conn.execute(_HEALTHY, {"pid": page_id, "now": now, "nb": p.retry_after, "outcome": _outcome(p.result)})
-
-
 def _outcome(res: PageResult) -> str:
     return res.summary().split(": ", 1)[1]
 
 
-def _save_states(s, page_id: int, new_states: dict[str, tuple], now: datetime) -> None:
-    if not new_states:
-        return
-    current = store.source_states(s, page_id)
-    for path, (etag, lm, digest) in new_states.items():
-        st = current.get(path)
-        if st is None:
-            st = SourceState(page_id=page_id, path=path)
-            s.add(st)
-        st.etag, st.last_modified, st.body_hash, st.fetched_at = etag, lm, digest, now
-
-
-def _save_timeline_states(s, page_id: int, p: _Poll, now: datetime) -> None:
-    """A failed timeline is remembered (when, and why) to back off; one that answered is forgotten."""
-    if p.timeline_ok:
-        s.execute(delete(SourceState).where(SourceState.page_id == page_id, SourceState.path.in_(p.timeline_ok)))
-    if p.timeline_failed:
-        current = store.source_states(s, page_id)
-        for path, why in p.timeline_failed.items():
-            st = current.get(path)
-            if st is None:
-                st = SourceState(page_id=page_id, path=path)
-                s.add(st)
-            st.fetched_at, st.last_error = now, why
-
-
-def _record_failure(engine, page_id: int, p: _Poll, now: datetime) -> None:
-    """Count the failure (in SQL: two processes failing at once both count) and back off; nothing else is
-    touched."""
+def _record_failure(p: _Poll, page_id: int, now: datetime) -> None:
+    """Count the failure and back off (see store.record_failure); warn once it has lasted."""
     res = p.result
-    with engine.begin() as conn:
-        fails = conn.execute(
-            update(Page).where(Page.id == page_id)
-            .values(consecutive_failures=Page.consecutive_failures + 1, last_poll_at=now, last_outcome=_outcome(res))
-            .returning(Page.consecutive_failures)).scalar_one()
-        wait = now + timedelta(seconds=backoff(fails - 1, p.ps.poll_interval, BACKOFF_CAP)) if fails >= 2 else None
-        conn.execute(update(Page).where(Page.id == page_id).values(
-            not_before=max((t for t in (wait, p.retry_after) if t), default=None)))
+    fails = store.record_failure(p.engine, page_id, now, _outcome(res), p.ps.poll_interval, BACKOFF_CAP,
+                                 p.retry_after)
     if fails >= WARN_AFTER_FAILURES:
         log.warning("page %s: %d polls in a row failed: %s", p.ps.name, fails, "; ".join(res.errors))
 

@@ -1,17 +1,19 @@
-"""Applying merged changes to the database: incidents, updates, components, tags, and the outbox rows that
-say what to tell people, all in the caller's one transaction, so a change and its message land together."""
+"""The store side of a poll: what a poll reads first (the page's row, its sources' validators), applying merged
+changes (incidents, updates, components, tags, and the outbox rows that say what to tell people, all in the
+caller's one transaction, so a change and its message land together), and the page's polling health."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from monitor.merge import Change, IncidentState
 from monitor.models import Component, Incident, IncidentComponent, Outbox, Page, SourceState, Tag, Update
-from monitor.records import ComponentRec, UpdateRec, iso_z as _iso
+from monitor.records import ComponentRec, UpdateRec, backoff, iso_z as _iso
 from monitor.sources.common import text_key
 from monitor.tags import UPLOAD_TAGS, Rule, TagMatch, tag_incident
 
@@ -228,3 +230,96 @@ def queue_message(session: Session, *, incident_id: int | None, key: str, event:
                            state="pending", attempts=0, created_at=now, next_attempt_at=now))
         n += 1
     return n
+
+
+# ------------------------------------------------------------------------------------------- a poll's rows
+
+# What every poll reads and writes first, built once (statement construction and cache-key generation per call
+# cost more than the SQL itself on an unchanged poll)
+_KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, Page.time_zone,
+                 SourceState.path, SourceState.etag, SourceState.last_modified, SourceState.body_hash,
+                 SourceState.fetched_at, SourceState.last_error)
+          .outerjoin(SourceState, SourceState.page_id == Page.id).where(Page.name == bindparam("name")))
+# stored incidents still missing their timeline (incident.io), fetched a few per poll
+_CATCH_UP = (select(Incident.page_incident_id)
+             .where(Incident.page_id == bindparam("pid"), Incident.timeline_complete.is_(False))
+             .order_by(Incident.started_at.desc()).limit(bindparam("n")))
+_HEALTHY = (update(Page).where(Page.id == bindparam("pid")).values(
+    last_poll_at=bindparam("now"), last_success_at=bindparam("now"), consecutive_failures=0,
+    not_before=bindparam("nb"), last_outcome=bindparam("outcome")))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceValidators:
+    """A source's stored validators, as read before a poll (for a timeline: when and why it last failed)."""
+    path: str
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    fetched_at: datetime | None
+    last_error: str | None = None
+
+
+def known_page(engine, name: str, base_url: str, catch_up: int):
+    """The page's row, its sources' validators and the newest `catch_up` incidents still missing a timeline,
+    in one short read with Core (no ORM session): (id, kind, first poll?, not_before, validators by path,
+    catch-up ids, time_zone). None when the row is missing or its base_url changed."""
+    with engine.begin() as conn:
+        rows = conn.execute(_KNOWN, {"name": name}).all()
+        if not rows or rows[0].base_url != base_url:
+            return None
+        r0 = rows[0]
+        catch_up = list(conn.execute(_CATCH_UP, {"pid": r0.id, "n": catch_up}).scalars())
+    states = {r.path: SourceValidators(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at, r.last_error)
+              for r in rows if r.path}
+    return r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up, r0.time_zone
+
+
+def record_success(engine, page_id: int, now: datetime, not_before: datetime | None, outcome: str) -> None:
+    """A poll that learnt nothing new: one UPDATE of the page's health."""
+    with engine.begin() as conn:
+        conn.execute(_HEALTHY, {"pid": page_id, "now": now, "nb": not_before, "outcome": outcome})
+
+
+def record_failure(engine, page_id: int, now: datetime, outcome: str, interval: float, cap: float,
+                   retry_after: datetime | None) -> int:
+    """Count a failed poll (in SQL: two processes failing at once both count) and back off (capped, whatever
+    the count); nothing else is touched. Returns the failures in a row."""
+    with engine.begin() as conn:
+        fails = conn.execute(
+            update(Page).where(Page.id == page_id)
+            .values(consecutive_failures=Page.consecutive_failures + 1, last_poll_at=now, last_outcome=outcome)
+            .returning(Page.consecutive_failures)).scalar_one()
+        wait = now + timedelta(seconds=backoff(fails - 1, interval, cap)) if fails >= 2 else None
+        conn.execute(update(Page).where(Page.id == page_id).values(
+            not_before=max((t for t in (wait, retry_after) if t), default=None)))
+    return fails
+
+
+def save_states(s: Session, page_id: int, new_states: dict[str, tuple], now: datetime) -> None:
+    """The validators and body hash of each source that answered with something new."""
+    if not new_states:
+        return
+    current = source_states(s, page_id)
+    for path, (etag, lm, digest) in new_states.items():
+        st = current.get(path)
+        if st is None:
+            st = SourceState(page_id=page_id, path=path)
+            s.add(st)
+        st.etag, st.last_modified, st.body_hash, st.fetched_at = etag, lm, digest, now
+
+
+def save_timeline_states(s: Session, page_id: int, ok: Iterable[str], failed: dict[str, str],
+                         now: datetime) -> None:
+    """A failed timeline is remembered (when, and why) to back off; one that answered is forgotten."""
+    ok = list(ok)
+    if ok:
+        s.execute(delete(SourceState).where(SourceState.page_id == page_id, SourceState.path.in_(ok)))
+    if failed:
+        current = source_states(s, page_id)
+        for path, why in failed.items():
+            st = current.get(path)
+            if st is None:
+                st = SourceState(page_id=page_id, path=path)
+                s.add(st)
+            st.fetched_at, st.last_error = now, why
