@@ -248,7 +248,8 @@ def show(c: Ctx, incident_id, page, as_json):
 @click.option("--page", "pages", multiple=True, help="Only this page (repeatable).")
 @pass_ctx
 def backfill(c: Ctx, since, pages):
-    """Fetch older incidents the page still offers, with their full timelines (no messages sent)."""
+    """Fetch older incidents the page still offers, with their full timelines (no messages sent). A page whose
+    kind offers no more than its recent incidents (Atlassian Statuspage) is skipped with a note."""
     import asyncio
     from datetime import timedelta
 
@@ -265,11 +266,18 @@ def backfill(c: Ctx, since, pages):
             return out
 
     results = asyncio.run(go())
+    from monitor.sources import kind as page_kind
+
     for r in results:
+        if not r.ok and r.kind and not page_kind(r.kind).history:   # nothing more to fetch: a note, not a failure
+            r.skipped = "this page kind offers no history beyond its recent incidents"
+            click.echo(r.summary())
+            continue
         click.echo(f"{r.page}: " + ("ok" if r.ok else "failed") + (f" ({'; '.join(r.errors)})" if r.errors else "")
                    + (f", {r.new} new, {r.changed} changed" if r.ok else ""))
-    if not all(r.ok for r in results):
-        raise click.ClickException("backfill failed for " + ", ".join(r.page for r in results if not r.ok))
+    failed = [r.page for r in results if not r.ok and not r.skipped]
+    if failed:
+        raise click.ClickException("backfill failed for " + ", ".join(failed))
 
 
 @cli.command()

@@ -24,12 +24,34 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Database URLs of a SQLite file, which the standard library's sqlite3 opens (no driver to check).
+SQLITE_FILE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
+# The pip package of a DBAPI module whose name is not the package's.
+_DBAPI_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg2": "psycopg2-binary",
+                   "mysql": "mysql-connector-python", "mysql.connector": "mysql-connector-python"}
+
+
+def _install_hint(drivername: str, module: str | None) -> str:
+    """What to install for a database driver that is missing, e.g. `pip install mysqlclient`."""
+    extra = f"pip install '{APP}[postgres]'"     # psycopg 3: postgresql+psycopg:// (postgresql:// on SQLAlchemy 2.1)
+    if drivername.startswith("postgresql") and (module or "psycopg").partition(".")[0] == "psycopg":
+        return extra
+    package = _DBAPI_PACKAGES.get(module or "", module) or drivername.partition("+")[2] or drivername
+    if drivername.startswith("postgresql"):
+        return f"pip install {package}, or use postgresql+psycopg:// and {extra}"
+    return f"pip install {package}"
+
+
 class DatabaseSettings(_Frozen):
     url: str = "sqlite:///monitor.db"
 
     @field_validator("url")
     @classmethod
     def _known_driver(cls, v: str) -> str:
+        """A URL SQLAlchemy knows, whose driver (DBAPI module) is installed. A SQLite file URL needs only the
+        standard library's sqlite3 and is accepted as it is: the read commands never import SQLAlchemy."""
+        if v.startswith(SQLITE_FILE_PREFIXES):
+            return v
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -38,9 +60,15 @@ class DatabaseSettings(_Frozen):
         except ArgumentError:
             raise ValueError("not a database URL such as sqlite:///monitor.db") from None
         try:
-            url.get_dialect()
+            dialect = url.get_dialect()
         except NoSuchModuleError:
             raise ValueError(f"unknown database driver {url.drivername!r}") from None
+        import_dbapi = getattr(dialect, "import_dbapi", None) or dialect.dbapi   # SQLAlchemy 2.x, else 1.4
+        try:
+            import_dbapi()
+        except ImportError as exc:
+            raise ValueError(f"the driver for {url.drivername!r} is not installed "
+                             f"({_install_hint(url.drivername, exc.name)})") from None
         return v
 
 
@@ -271,6 +299,8 @@ def load(path: str | os.PathLike | None = None, *, warn=None) -> Settings:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    if "source" in data:   # the file's path, not a key of the file (it would clash with the argument below)
+        raise ConfigError(f"{p}: source: unknown key")
     try:
         settings = Settings(**data, source=str(p))
     except ValidationError as exc:
@@ -290,7 +320,7 @@ def load(path: str | os.PathLike | None = None, *, warn=None) -> Settings:
         from monitor.notify.channels import validate
 
         try:
-            validate(settings.notifiers)
+            validate(settings.notifiers, warn=warn)
         except ConfigError as exc:
             raise ConfigError(f"{p}: {exc}") from None
     if warn and any(n.url for n in settings.notifiers):

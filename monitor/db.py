@@ -268,6 +268,18 @@ class LeaderLock:
             return s.execute(update(Outbox).where(*leased).values(next_attempt_at=now, leased_by=None)).rowcount
 
 
+def step_down(engine: Engine) -> bool:
+    """A leading service that stops cleanly removes its leader row, so that `monitor status` names no
+    leader that is gone; only while the row still names this process (a new leader's row is left alone).
+    Called before the lock is released. Returns whether a row was removed."""
+    from sqlalchemy import delete
+
+    from monitor.models import Leader
+
+    with transaction(engine) as s:
+        return s.execute(delete(Leader).where(Leader.id == 1, Leader.token == PROCESS_TOKEN)).rowcount > 0
+
+
 def note_poll(engine: Engine) -> None:
     """The leading service polled just now (shown by `monitor status`)."""
     from datetime import datetime, timezone
@@ -365,14 +377,25 @@ class Reader:
         return reader
 
     def revision(self) -> str | None:
-        """The store's schema revision (one query), None when it has none yet or cannot be read."""
+        """The store's schema revision (one query); None when it has none yet (no alembic_version table, or
+        no SQLite file yet): then it needs migrating. A store that exists but cannot be read (a directory, not
+        a database, a WAL store in a directory we cannot write, a server that refuses us) is a StoreError
+        `cannot read the store PATH: reason`: migrating could not help, and must not be tried."""
         try:
             with self:
                 rows = self.rows("SELECT version_num FROM alembic_version")
         except Exception as exc:
             if describe_error(exc) is None:
                 raise
-            return None
+            if _no_version_table(exc) or (self._path is not None and not os.path.lexists(self._path)):
+                return None
+            self.close()
+            if self._path is not None:
+                where = self._path
+                reason = "it is a directory" if os.path.isdir(self._path) else safe_error(exc)
+            else:
+                where, reason = self._engine.url.render_as_string(hide_password=True), safe_error(exc)
+            raise StoreError(f"cannot read the store {where}: {reason}") from None
         return rows[0][0] if rows else None
 
     def __enter__(self) -> Reader:
@@ -439,6 +462,15 @@ class Reader:
             self._conn = None
         elif self._own_engine:
             self._engine.dispose()
+
+
+def _no_version_table(exc: BaseException) -> bool:
+    """The error says the alembic_version table does not exist (a store never migrated)."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) == "42P01" or getattr(orig, "pgcode", None) == "42P01":  # undefined_table
+        return True
+    message = str(orig)
+    return "alembic_version" in message and ("no such table" in message or "exist" in message)
 
 
 def in_list(name: str, values: Sequence) -> tuple[str, dict]:

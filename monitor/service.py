@@ -374,6 +374,14 @@ class Service:
                 await self.web.stop()
             if self.prober:
                 await self.prober.close()
+        if self.leading:      # a clean stop: `monitor status` must not name a leader that is gone
+            from monitor.db import safe_error, step_down
+
+            try:
+                step_down(self.engine)
+            except Exception as exc:   # the store is unreachable: the row stays, the next leader replaces it
+                log.warning("cannot remove this process from the leader row: %s",
+                            safe_error(exc) if hasattr(exc, "orig") else f"{type(exc).__name__}: {exc}")
         self.lock.release()
         log.info("stopped")
 

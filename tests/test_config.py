@@ -85,7 +85,8 @@ def test_url_env_keeps_secret_out_of_file(tmp_path, monkeypatch):
     os.chmod(p, 0o644)
     warnings = []
     s = config.load(p, warn=warnings.append)
-    assert warnings == []
+    # no warning about a readable file (it holds no secret); only that the variable is not set here
+    assert warnings == ["notifier slack: environment variable MY_SLACK is not set; its messages will fail"]
     with pytest.raises(ConfigError, match="MY_SLACK is not set"):
         s.notifiers[0].resolved_url()
     monkeypatch.setenv("MY_SLACK", "slack://T/B/C")
@@ -110,3 +111,84 @@ def test_settings_are_frozen():
     with pytest.raises(ValidationError, match="frozen_instance"):
         s.database = config.DatabaseSettings(url="sqlite:///other.db")
     assert s.pages[0].poll_interval == 60 and s.database.url == "sqlite:///monitor.db"
+
+
+# ------------------------------------------------------------------------- through the real `monitor` CLI
+
+def test_a_top_level_source_key_is_an_unknown_key(tmp_path):
+    """`source` is where the settings came from, not a key of the file: refused like any unknown key (it
+    used to crash every command with a TypeError)."""
+    from helpers import run
+
+    p = write(tmp_path, 'source = "x"\n')
+    r = run(p, "history", ok=None)
+    assert (r.exit_code, r.output) == (1, f"Error: {p}: source: unknown key\n")
+    r = run(p, "status", ok=None)
+    assert (r.exit_code, r.output) == (3, f"UNKNOWN: {p}: source: unknown key\n")
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("mysql://u@h/db", "the driver for 'mysql' is not installed (pip install mysqlclient)"),
+    ("postgresql+pg8000://u@h/db", "the driver for 'postgresql+pg8000' is not installed (pip install pg8000, "
+                                   "or use postgresql+psycopg:// and pip install 'openai-status-monitor[postgres]')"),
+])
+def test_a_database_driver_that_is_not_installed_is_refused(tmp_path, url, reason):
+    from helpers import run
+
+    p = write(tmp_path, f'[database]\nurl = "{url}"\n')
+    r = run(p, "history", ok=None)
+    assert (r.exit_code, r.output) == (1, f"Error: {p}: database.url: {reason}\n")
+    r = run(p, "status", ok=None)
+    assert (r.exit_code, r.output) == (3, f"UNKNOWN: {p}: database.url: {reason}\n")
+
+
+def test_without_psycopg_a_postgresql_url_names_the_postgres_extra(tmp_path):
+    """PostgreSQL's driver is the [postgres] extra: a machine without it (psycopg made unimportable in the
+    process) is told what to install."""
+    import subprocess
+    import sys
+
+    p = write(tmp_path, '[database]\nurl = "postgresql+psycopg://monitor@db.example.org/monitor"\n')
+    code = ("import sys\nsys.modules['psycopg'] = None\nfrom monitor.cli import main\n"
+            "sys.argv = ['monitor', '--config', sys.argv[1], 'history']\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (
+        1, "", f"Error: {p}: database.url: the driver for 'postgresql+psycopg' is not installed "
+               "(pip install 'openai-status-monitor[postgres]')\n")
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite"])
+def test_a_sqlite_url_is_accepted_without_importing_sqlalchemy(tmp_path, scheme):
+    """A SQLite file needs no driver check: reading a migrated store imports no SQLAlchemy at all."""
+    import subprocess
+    import sys
+
+    from helpers import run
+
+    p = write(tmp_path, f'[database]\nurl = "{scheme}:///{tmp_path / "m.db"}"\n')
+    run(p, "db", "upgrade")
+    code = ("import sys\nfrom monitor.cli import cli\n"
+            "try:\n    cli(['--config', sys.argv[1], 'history'], prog_name='monitor')\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('sqlalchemy imported' if 'sqlalchemy' in sys.modules else 'no sqlalchemy', file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (
+        0, "No matching incidents stored. (Try --all.)\n", "no sqlalchemy\n")
+
+
+def test_an_unset_url_env_is_one_formatted_warning(tmp_path):
+    """A notifier whose url_env variable is not set is warned about once, as a log line (not raw text
+    printed while the config loads), by every command: here `monitor history`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = write(tmp_path, f'[database]\nurl = "sqlite:///{tmp_path / "m.db"}"\n\n'
+                        '[[notifiers]]\nname = "slack"\nurl_env = "MONITOR_TEST_UNSET_URL"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("MONITOR_TEST_UNSET_URL", "MONITOR_CONFIG")}
+    monitor = str(Path(sys.executable).with_name("monitor"))
+    out = subprocess.run([monitor, "--config", str(p), "history"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert (out.returncode, out.stdout) == (0, "No matching incidents stored. (Try --all.)\n"), out.stderr
+    assert out.stderr == ("WARNING monitor: notifier slack: environment variable MONITOR_TEST_UNSET_URL is not "
+                          "set; its messages will fail\n")

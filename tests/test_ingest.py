@@ -276,3 +276,19 @@ def test_conditional_get_sends_validators(tmp_path, openai_history):
         assert second and all("if-none-match" in {k.lower() for k in r[2]} for r in second)
         ua = {v for r in second for k, v in r[2].items() if k.lower() == "user-agent"}
         assert len(ua) == 1 and next(iter(ua)).startswith("openai-status-monitor/")
+
+
+def test_backfill_of_a_page_kind_without_history_is_a_note_not_a_failure(tmp_path, openai_history):
+    """A Statuspage page offers nothing beyond its recent incidents: `backfill` says so and exits 0; a page
+    that does fail still makes it exit 1."""
+    with ReplayServer(StatuspagePage(openai_history)) as srv:
+        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        r = run(cfg, "backfill", ok=None)
+        assert (r.exit_code, r.output) == (
+            0, "openai: skipped: this page kind offers no history beyond its recent incidents\n")
+        cfg = write_config(tmp_path, {"openai": srv.base_url, "broken": "http://127.0.0.1:9"})
+        r = run(cfg, "backfill", ok=None)
+        assert r.exit_code == 1, r.output
+        lines = r.output.splitlines()
+        assert lines[0] == "openai: skipped: this page kind offers no history beyond its recent incidents", lines
+        assert lines[1].startswith("broken: failed (") and lines[2] == "Error: backfill failed for broken", lines

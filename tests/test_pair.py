@@ -5,7 +5,8 @@ PostgreSQL: both start at the same moment on an empty database (both migrate: th
 second wait for the first); at a 1 s interval the pair asks the page no more than 1.5 times what one daemon
 asks; the 2026-03-02 file-upload incident's first four updates give exactly four messages while each daemon
 is SIGKILLed once between updates and restarted; SIGTERM stops both with exit 0.
-SQLite: the second daemon stands by behind the lock file, says so once, and takes over."""
+SQLite: the second daemon stands by behind the lock file, says so once, and takes over; stopped cleanly, the
+leader removes its own leader row (`monitor status` names no leader)."""
 from __future__ import annotations
 
 import json
@@ -149,6 +150,9 @@ def test_second_daemon_on_one_sqlite_store_stands_by_then_takes_over(tmp_path):
             text = subprocess.run([*monitor_command(), "--config", str(cfg), "status"], capture_output=True,
                                   text=True, timeout=60).stdout
             rc, _ = b.stop()
+            # stopped cleanly (SIGTERM): the leader removed its own row, so no leader is named any more
+            after = subprocess.run([*monitor_command(), "--config", str(cfg), "status", "--json"],
+                                   capture_output=True, text=True, timeout=60)
     finally:
         for m in procs:
             m.kill()
@@ -159,3 +163,7 @@ def test_second_daemon_on_one_sqlite_store_stands_by_then_takes_over(tmp_path):
                      r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", text, re.M), text
     assert store_rows(url, "select event, state from outbox order by id") == [("opened", "sent"), ("updated", "sent")]
     assert_clean_log(b.stderr)
+    assert json.loads(after.stdout)["leader"] is None, (after.stdout, after.stderr)
+    assert "Leader:" not in subprocess.run([*monitor_command(), "--config", str(cfg), "status"],
+                                           capture_output=True, text=True, timeout=60).stdout
+    assert store_rows(url, "select count(*) from leader") == [(0,)]

@@ -69,12 +69,28 @@ def test_expected_files_cover_what_matters():
 
 def test_a_store_that_is_not_a_database_is_one_line(tmp_path):
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
-    (tmp_path / "m.db").write_bytes(b"this is not a database" * 100)
+    store = tmp_path / "m.db"
+    store.write_bytes(b"this is not a database" * 100)
     r = run(cfg, "history", "--all", ok=None)
     assert r.exit_code == 1
-    assert r.output == "Error: database: file is not a database\n"
+    assert r.output == f"Error: cannot read the store {store}: file is not a database\n"
     r = run(cfg, "status", ok=None)
-    assert (r.exit_code, r.output) == (3, "UNKNOWN: database: file is not a database\n")
+    assert (r.exit_code, r.output) == (3, f"UNKNOWN: cannot read the store {store}: file is not a database\n")
+    assert not (tmp_path / "m.db.lock").exists()            # no migration was tried
+
+
+def test_a_store_path_that_is_a_directory_cannot_be_read_and_is_not_migrated(tmp_path):
+    """A store that exists but cannot be read is reported as such, not as a store to migrate."""
+    cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
+    store = tmp_path / "m.db"
+    store.mkdir()
+    r = run(cfg, "history", ok=None)
+    assert (r.exit_code, r.output) == (1, f"Error: cannot read the store {store}: it is a directory\n")
+    r = run(cfg, "status", ok=None)
+    assert (r.exit_code, r.output) == (3, f"UNKNOWN: cannot read the store {store}: it is a directory\n")
+    r = run(cfg, "status", "--json", ok=None)
+    assert r.exit_code == 3 and json.loads(r.output)["reason"] == f"cannot read the store {store}: it is a directory"
+    assert not (tmp_path / "m.db.lock").exists()            # no migration was tried
 
 
 @pytest.mark.parametrize("stored, written", [

@@ -370,15 +370,17 @@ def channel_for(ns: NotifierSettings, *, throttle: bool = True) -> Channel:
     return channel_class(url)(ns.name, url, throttle=throttle)
 
 
-def validate(notifiers: Iterable[NotifierSettings]) -> None:
+def validate(notifiers: Iterable[NotifierSettings], *, warn=None) -> None:
     """Raise ConfigError for a notifier URL apprise cannot use (never quoting the URL). A url_env variable
-    that is not set here is only warned about: the service may get it from its own environment."""
+    that is not set here is only warned about: the service may get it from its own environment. The warning
+    goes to `warn(message)` when given (config.load runs before logging is set up: the CLI logs what it
+    collected once logging is), else to this module's logger."""
     for i, ns in enumerate(notifiers):
         key = f"notifiers[{i}].url" if ns.url else f"notifiers[{i}].url_env"
         url = ns.url or os.environ.get(ns.url_env or "", "")
         if not url:
-            log.warning("notifier %s: environment variable %s is not set; its messages will fail",
-                        ns.name, ns.url_env)
+            message = f"notifier {ns.name}: environment variable {ns.url_env} is not set; its messages will fail"
+            (warn or log.warning)(message)
             continue
         scheme = _scheme(url)
         if _load(url) is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from monitor.notify.render import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
 from monitor.records import parse_iso
