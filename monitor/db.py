@@ -227,6 +227,12 @@ class LeaderLock:
         eng.dispose()
         return False
 
+    @property
+    def held_locally(self) -> bool:
+        """Held, and nothing to ask anyone to keep it (a file lock, or a store of this process alone): then
+        `hold()` answers at once, without I/O."""
+        return self.leading and self._conn is None
+
     def _check(self) -> bool:
         if self._conn is not None:
             from sqlalchemy import text
@@ -260,8 +266,7 @@ class LeaderLock:
         now = datetime.now(timezone.utc)
         with transaction(engine) as s:
             if service:
-                s.merge(Leader(id=1, token=PROCESS_TOKEN, host=socket.gethostname(), pid=os.getpid(), since=now,
-                                last_poll_at=None))
+                s.merge(Leader(id=1, token=PROCESS_TOKEN, host=socket.gethostname(), pid=os.getpid(), since=now))
             leased = (Outbox.state == "pending", Outbox.leased_by.is_not(None), Outbox.leased_by != PROCESS_TOKEN)
             if s.scalars(select(Outbox.id).where(*leased).limit(1)).first() is None:
                 return 0     # nothing to write (a read-only store stays readable for a poll to report it)
@@ -280,23 +285,12 @@ def step_down(engine: Engine) -> bool:
         return s.execute(delete(Leader).where(Leader.id == 1, Leader.token == PROCESS_TOKEN)).rowcount > 0
 
 
-def note_poll(engine: Engine) -> None:
-    """The leading service polled just now (shown by `monitor status`)."""
-    from datetime import datetime, timezone
-
-    from sqlalchemy import update
-
-    from monitor.models import Leader
-
-    with transaction(engine) as s:
-        s.execute(update(Leader).where(Leader.token == PROCESS_TOKEN)
-                  .values(last_poll_at=datetime.now(timezone.utc)))
-
-
 def current_leader(reader: Reader) -> dict | None:
-    """The service that leads, as it last named itself: host, pid, since and last_poll_at (ISO 8601 UTC)."""
+    """The service that leads, as it last named itself: host, pid, since, and last_poll_at (ISO 8601 UTC):
+    the newest poll of any page since it took over (only the leader polls; its polls write nothing more)."""
     with reader:
-        rows = reader.rows("SELECT host, pid, since, last_poll_at FROM leader WHERE id = 1")
+        rows = reader.rows("SELECT l.host, l.pid, l.since, (SELECT max(p.last_poll_at) FROM pages p "
+                           "WHERE p.last_poll_at >= l.since) FROM leader l WHERE l.id = 1")
     if not rows:
         return None
     host, pid, since, last_poll = rows[0]

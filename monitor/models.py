@@ -183,9 +183,9 @@ class Delivery(Base):
 
 
 class Leader(Base):
-    """The `monitor run` that polls and delivers (one row, id 1): who it is, since when, and its last poll.
-    Written by each service that becomes leader; the lock that makes it leader is held elsewhere (see
-    db.LeaderLock)."""
+    """The `monitor run` that polls and delivers (one row, id 1): who it is and since when (its last poll is the
+    pages' newest since then). Written by each service that becomes leader; the lock that makes it leader is
+    held elsewhere (see db.LeaderLock)."""
 
     __tablename__ = "leader"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -193,7 +193,6 @@ class Leader(Base):
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
     since: Mapped[datetime] = mapped_column(UTC)
-    last_poll_at: Mapped[datetime | None] = mapped_column(UTC)
 
 
 class ProbeResult(Base):

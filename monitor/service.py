@@ -186,10 +186,6 @@ class Service:
                                               if p.name in self.outcomes))
             if result.queued:
                 self.spawn(self.deliver())
-            if result.ok:             # the leader's last poll, for `monitor status`
-                from monitor.db import note_poll
-
-                note_poll(self.engine)
         except asyncio.CancelledError:
             log.info("poll of %s abandoned: shutting down (nothing of it was stored)", name)
         except Exception as exc:  # a bug must not kill the service; it shows in the log and in `status`
@@ -257,11 +253,14 @@ class Service:
         from monitor.db import Reader, current_leader
 
         was = self.leading
-        _, fut = in_daemon_thread(self.lock.hold)
-        try:
-            now_leading = await fut
-        except asyncio.CancelledError:
-            return
+        if self.lock.held_locally:      # a file lock held: nothing to check, no thread to start
+            now_leading = True
+        else:
+            _, fut = in_daemon_thread(self.lock.hold)
+            try:
+                now_leading = await fut
+            except asyncio.CancelledError:
+                return
         if now_leading and not was:
             try:
                 _, fut = in_daemon_thread(lambda: self.lock.take_over(self.engine, service=True))

@@ -53,7 +53,6 @@ def upgrade() -> None:
     sa.Column('host', sa.Text(), nullable=False),
     sa.Column('pid', sa.Integer(), nullable=False),
     sa.Column('since', sa.DateTime(), nullable=False),
-    sa.Column('last_poll_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
 
