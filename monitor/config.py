@@ -24,8 +24,6 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# Database URLs of a SQLite file, which the standard library's sqlite3 opens (no driver to check).
-SQLITE_FILE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 # The pip package of a DBAPI module whose name is not the package's.
 _DBAPI_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg2": "psycopg2-binary",
                    "mysql": "mysql-connector-python", "mysql.connector": "mysql-connector-python"}
@@ -50,6 +48,8 @@ class DatabaseSettings(_Frozen):
     def _known_driver(cls, v: str) -> str:
         """A URL SQLAlchemy knows, whose driver (DBAPI module) is installed. A SQLite file URL needs only the
         standard library's sqlite3 and is accepted as it is: the read commands never import SQLAlchemy."""
+        from monitor.db import SQLITE_FILE_PREFIXES
+
         if v.startswith(SQLITE_FILE_PREFIXES):
             return v
         from sqlalchemy.engine import make_url

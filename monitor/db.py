@@ -39,6 +39,8 @@ PG_LEADER_CONNECT = {**PG_KEEPALIVES,
                      "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"}
 # Who this process is in outbox.leased_by and leader.token.
 PROCESS_TOKEN = uuid.uuid4().hex
+# Database URLs of a SQLite file that the standard library's sqlite3 opens as it is (no driver to load).
+SQLITE_FILE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 
 
 class StoreError(Exception):
@@ -257,7 +259,6 @@ class LeaderLock:
         """Done once by each new leader: make every outbox row that an earlier process had leased (and died
         with) due now, and, for a service, name itself in the leader row. Returns the number of such rows."""
         import socket
-        from datetime import datetime, timezone
 
         from sqlalchemy import select, update
 
@@ -343,7 +344,7 @@ def safe_url(url: str) -> str:
 def plain_sqlite_path(url: str) -> str | None:
     """The file of a plain `sqlite:///PATH` URL (no driver options, no query string), else None: what the
     standard library's sqlite3 can open as it is."""
-    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+    for prefix in SQLITE_FILE_PREFIXES:
         if url.startswith(prefix) and "?" not in url:
             path = url[len(prefix):]
             return path if path and path != ":memory:" else None
