@@ -40,6 +40,14 @@ def _install_hint(drivername: str, module: str | None) -> str:
     return f"pip install {package}"
 
 
+def http_url(value: str, example: str):
+    """`value` split (urlsplit) when it is an http(s) URL with a host; else ValueError naming `example`."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL such as {example}")
+    return parts
+
+
 class DatabaseSettings(_Frozen):
     url: str = "sqlite:///monitor.db"
 
@@ -94,9 +102,7 @@ class PageSettings(_Frozen):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://status.openai.com")
+        http_url(v, "https://status.openai.com")
         return v.rstrip("/")
 
     @property
@@ -189,9 +195,7 @@ class ProbeSettings(_Frozen):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
+        parts = http_url(v, "https://api.openai.com/v1")
         if parts.username or parts.password or parts.query:
             raise ValueError("must not carry credentials or a query: the key comes from api_key_env")
         return v.rstrip("/")
