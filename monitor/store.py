@@ -296,17 +296,24 @@ def record_failure(engine, page_id: int, now: datetime, outcome: str, interval: 
     return fails
 
 
-def save_states(s: Session, page_id: int, new_states: dict[str, tuple], now: datetime) -> None:
-    """The validators and body hash of each source that answered with something new."""
-    if not new_states:
-        return
+def _state_rows(s: Session, page_id: int, paths: Iterable[str]):
+    """(path, its source_states row) for each of `paths`, a new row where there is none yet."""
     current = source_states(s, page_id)
-    for path, (etag, lm, digest) in new_states.items():
+    for path in paths:
         st = current.get(path)
         if st is None:
             st = SourceState(page_id=page_id, path=path)
             s.add(st)
-        st.etag, st.last_modified, st.body_hash, st.fetched_at = etag, lm, digest, now
+        yield path, st
+
+
+def save_states(s: Session, page_id: int, new_states: dict[str, tuple], now: datetime) -> None:
+    """The validators and body hash of each source that answered with something new."""
+    if not new_states:
+        return
+    for path, st in _state_rows(s, page_id, new_states):
+        st.etag, st.last_modified, st.body_hash = new_states[path]
+        st.fetched_at = now
 
 
 def save_timeline_states(s: Session, page_id: int, ok: Iterable[str], failed: dict[str, str],
@@ -316,10 +323,5 @@ def save_timeline_states(s: Session, page_id: int, ok: Iterable[str], failed: di
     if ok:
         s.execute(delete(SourceState).where(SourceState.page_id == page_id, SourceState.path.in_(ok)))
     if failed:
-        current = source_states(s, page_id)
-        for path, why in failed.items():
-            st = current.get(path)
-            if st is None:
-                st = SourceState(page_id=page_id, path=path)
-                s.add(st)
-            st.fetched_at, st.last_error = now, why
+        for path, st in _state_rows(s, page_id, failed):
+            st.fetched_at, st.last_error = now, failed[path]
