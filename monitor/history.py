@@ -46,10 +46,8 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
         params["page"] = page
     chosen = ("SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id"
               + (" WHERE " + " AND ".join(where) if where else ""))
-    q = ("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, i.started_at, "
-         "i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
+    q = (_INCIDENT_COLUMNS + chosen.removeprefix("SELECT i.id")
          + " ORDER BY i.started_at DESC NULLS LAST, i.id DESC" + (" LIMIT :limit" if limit else ""))
-    iso = reader.iso
     with reader:
         rows = reader.rows(q, {**params, "limit": limit} if limit else params)
         if limit:  # the related rows of exactly these incidents: by id when limited, else by the same filter
@@ -60,12 +58,27 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
         sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
                                 "AND state = 'sent' GROUP BY incident_id", params))
         outages = _probe_outages(reader)
-    time = reader.time
-    return [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-             "tags": tag_map.get(iid, []), "started_at": iso(started), "resolved_at": iso(resolved),
-             "components": comp_map.get(iid, []), "messages_sent": sent.get(iid, 0),
-             **probe_lead(outages, time(started), time(first_seen))}
-            for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
+    out = []
+    for r in rows:
+        d = _incident(reader, r, tag_map, comp_map)
+        d["messages_sent"] = sent.get(r[0], 0)
+        d.update(probe_lead(outages, reader.time(r[7]), reader.time(r[9])))    # started_at, first_seen_at
+        out.append(d)
+    return out
+
+
+# The columns _incident() reads, in its order.
+_INCIDENT_COLUMNS = ("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, i.started_at, "
+                     "i.resolved_at, i.first_seen_at")
+
+
+def _incident(reader: Reader, row: tuple, tag_map: dict, comp_map: dict) -> dict:
+    """One row of _INCIDENT_COLUMNS as the JSON contract words it (as incident_dict() does for an ORM row,
+    without first_seen_at, which only some readers add)."""
+    iid, pname, pid, title, url, status, impact, started, resolved, _first_seen = row
+    return {"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
+            "tags": tag_map.get(iid, []), "started_at": reader.iso(started), "resolved_at": reader.iso(resolved),
+            "components": comp_map.get(iid, [])}
 
 
 def _tags_and_components(reader: Reader, chosen: str, params: dict) -> tuple[dict, dict]:
@@ -164,18 +177,13 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
     chosen = (f"SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name IN {names} "
               f"AND i.status IN {statuses} AND i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags})")
     with reader:
-        rows = reader.rows("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, "
-                           "i.started_at, i.resolved_at, i.first_seen_at" + chosen.removeprefix("SELECT i.id")
-                           + " ORDER BY i.started_at DESC", params)
+        rows = reader.rows(_INCIDENT_COLUMNS + chosen.removeprefix("SELECT i.id") + " ORDER BY i.started_at DESC",
+                           params)
         tag_map, comp_map = _tags_and_components(reader, f"({chosen})", params)
         stored = {r[0]: r[1:] for r in reader.rows(
             "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
             f"WHERE name IN {names}", p_names)}
-    incidents = [{"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-                  "tags": tag_map.get(iid, []), "started_at": reader.iso(started),
-                  "resolved_at": reader.iso(resolved), "components": comp_map.get(iid, []),
-                  "first_seen_at": reader.iso(first_seen)}
-                 for iid, pname, pid, title, url, status, impact, started, resolved, first_seen in rows]
+    incidents = [{**_incident(reader, r, tag_map, comp_map), "first_seen_at": reader.iso(r[9])} for r in rows]
     health = []
     for ps in settings.pages:
         last_success, failures, outcome = stored.get(ps.name, (None, 0, None))
