@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from monitor.records import cap, now_utc
+from monitor.records import cap, now_utc, short_iso as short
 
 log = logging.getLogger("monitor")
 
@@ -95,8 +95,6 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def short(t: str | None) -> str:
-    return t.replace("T", " ")[:16] if t else "-"
 
 
 def parse_date(_ctx, _param, value):

@@ -35,6 +35,11 @@ def iso_z(t: datetime | None) -> str | None:
     return t.isoformat().replace("+00:00", "Z") if t else None
 
 
+def short_iso(t: str | None, digits: int = 16) -> str:
+    """An iso_z() time for a person: `2024-08-19 18:51` (`digits=19`: with seconds); "-" for none."""
+    return t.replace("T", " ")[:digits] if t else "-"
+
+
 def parse_iso(value) -> datetime | None:
     """ISO 8601 (a Z, an offset or none: UTC; 2- or 3-digit fractions) as aware UTC; None when `value` is
     not such a string."""

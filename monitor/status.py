@@ -150,6 +150,7 @@ def _probe_text(p, now: datetime) -> str:
 def to_text(r: Report, checklist: bool = True) -> str:
     """The `monitor status` text: the verdict line, open incidents, each page's freshness, the checklist
     (`checklist=False`: without it, for a reader with more specific advice)."""
+    from monitor.records import short_iso
     from monitor.verdict import CHECKLIST, age_words
 
     v, now = r.verdict, r.now
@@ -157,7 +158,7 @@ def to_text(r: Report, checklist: bool = True) -> str:
     lines = [f"{WORDS[v.verdict]}: {v.reason}"]
     for i in v.incidents:
         lines.append(f"  - {i['title']}")
-        lines.append(f"    {i['status']}, impact {i['impact']}, since {_short(i['started_at'])} UTC"
+        lines.append(f"    {i['status']}, impact {i['impact']}, since {short_iso(i['started_at'])} UTC"
                      + (f" (page {i['page']}, no fresh data)" if i["page"] in v.stale else ""))
         if i["url"]:
             lines.append(f"    {i['url']}")
@@ -179,16 +180,12 @@ def to_text(r: Report, checklist: bool = True) -> str:
         lines.append(line)
     if r.leader:
         ld = r.leader
-        polled = f"{ld['last_poll_at'].replace('T', ' ')[:19]} UTC" if ld["last_poll_at"] else "none yet"
-        lines.append(f"Leader: {ld['host']} pid {ld['pid']} since "
-                     f"{ld['since'].replace('T', ' ')[:19]} UTC, last poll {polled}")
+        polled = f"{short_iso(ld['last_poll_at'], 19)} UTC" if ld["last_poll_at"] else "none yet"
+        lines.append(f"Leader: {ld['host']} pid {ld['pid']} since {short_iso(ld['since'], 19)} UTC, "
+                     f"last poll {polled}")
     if r.probe is not None:
         lines.append(_probe_text(r.probe, now))
     if checklist and v.verdict == "troubleshoot-locally":
         lines.append("Local checklist:")
         lines += [f"  {n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
     return "\n".join(lines)
-
-
-def _short(t: str | None) -> str:
-    return t.replace("T", " ")[:16] if t else "-"
