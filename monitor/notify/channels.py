@@ -227,7 +227,6 @@ class Channel:
 class LogChannel(Channel):
     """The `log` notifier: each message is one INFO line (title and the body's lines joined by " | ")."""
 
-
     def __init__(self, name: str = "log"):
         super().__init__(name)
         self.display = "log"
@@ -241,7 +240,6 @@ class LogChannel(Channel):
 class AppriseChannel(Channel):
     """A channel backed by one `apprise.Apprise` object, kept for the channel's life (so apprise's own
     per-target bookkeeping and throttling apply per channel)."""
-
 
     def __init__(self, name: str, url: str | None, *, error: str | None = None, throttle: bool = True):
         super().__init__(name)
@@ -302,7 +300,6 @@ class AppriseChannel(Channel):
 
 class GenericChannel(AppriseChannel):
     """Any other apprise URL (json://, ntfy://, …): plain text, declared as text."""
-
 
 
 def _verbatim(body, body_format=None, *args, **kwargs):

@@ -39,6 +39,7 @@ from monitor.db import PROCESS_TOKEN, transaction
 from monitor.models import Delivery, Outbox
 from monitor.notify.channels import Channel, LogChannel, SendResult, channel_for, scrub
 from monitor.notify.render import render
+from monitor.records import backoff, iso_z, now_utc
 
 log = logging.getLogger("monitor.notify")
 
@@ -84,8 +85,6 @@ def configured_channel(ns: NotifierSettings) -> Channel:
 
 
 def _now(now: datetime | None) -> datetime:
-    from monitor.records import now_utc
-
     now = now or now_utc()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -94,8 +93,6 @@ def _now(now: datetime | None) -> datetime:
 
 def backoff_seconds(attempts: int, base: float, cap: float, *, rand=random.random) -> float:
     """Delay after the `attempts`-th failed attempt: min(cap, base * 2**(attempts-1)) * [0.5, 1.0]."""
-    from monitor.records import backoff
-
     raw = backoff(attempts, base, cap)
     return raw * (0.5 + 0.5 * rand())
 
@@ -238,8 +235,6 @@ def deliver_due(settings: Settings, engine: Engine, *, now: datetime | None = No
 def sample_payload(now: datetime | None = None) -> dict:
     """A made-up open upload incident (wording of the real 2024-05-07 one), for test messages."""
     now = _now(now).replace(microsecond=0)
-    from monitor.records import iso_z
-
     at = iso_z(now)
     return {
         "event": "test", "page": "openai", "id": "test",
