@@ -19,9 +19,9 @@ from monitor.config import PageSettings, Settings
 from monitor.db import safe_error, transaction
 from monitor.merge import merge
 from monitor.models import Page
-from monitor.records import IncidentRec, SourceResult
+from monitor.records import IncidentRec, SourceResult, now_utc
 from monitor.sources import detect, kind as page_kind
-from monitor.sources.common import Context, PageKind, ParseError, by_cause, cause, now_utc, one_line
+from monitor.sources.common import Context, PageKind, ParseError, by_cause, cause, one_line
 from monitor.sources.http import FetchError, Fetched, client, fetch
 
 log = logging.getLogger("monitor.poll")
@@ -90,6 +90,11 @@ class _Poll:
     def url(self, path: str) -> str:
         return self.ps.base_url + path
 
+    def known(self):
+        """store.known_page() for this page: its row, validators and the incidents to catch up on."""
+        return store.known_page(self.engine, self.ps.name, self.ps.base_url,
+                                CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)
+
     async def get(self, path: str, state=None) -> Fetched:
         key = path.split("?", 1)[0]
         self.waiting[key] = self.waiting.get(key, 0) + 1
@@ -137,9 +142,10 @@ async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *
         log.exception("page %s: poll failed", ps.name)
         res = _failed(p, started, f"poll failed ({type(exc).__name__}: {one_line(exc)})")
         try:
-            page_id = store.known_page(engine, ps.name, ps.base_url, CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)[0]
-            _record_failure(p, page_id, now_utc())
-        except (SQLAlchemyError, TypeError):
+            known = p.known()
+            if known is not None:
+                _record_failure(p, known[0], now_utc())
+        except SQLAlchemyError:
             pass
         return res
 
@@ -156,11 +162,11 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
     settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
     res = p.result
     now = p.ctx.now
-    known = store.known_page(engine, ps.name, ps.base_url, CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)
+    known = p.known()
     if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
         with transaction(engine) as s:
             store.get_page(s, ps.name, ps.base_url)
-        known = store.known_page(engine, ps.name, ps.base_url, CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)
+        known = p.known()
     page_id, stored_kind, first_poll, not_before, states, catch_up, time_zone = known
     p.ctx = Context(ps.base_url, ps.host, now, time_zone)
     name = ps.kind if ps.kind != "auto" else stored_kind
