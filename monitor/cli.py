@@ -171,20 +171,21 @@ def poll(c: Ctx, pages):
 
 @cli.command()
 @click.option("--all", "all_incidents", is_flag=True, help="Every incident, not only upload-related ones.")
+@click.option("--broad", is_flag=True, help="Also broad outages of ChatGPT or the API (any surface).")
 @click.option("--since", callback=parse_date, help="Only incidents that started on or after this date (UTC).")
 @click.option("--tag", "tags", multiple=True, help="Only incidents with this tag (repeatable).")
 @click.option("--page", help="Only this page.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many incidents.")
 @json_option
 @pass_ctx
-def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
-    """Past incidents, newest first: by default the upload-related ones."""
+def history(c: Ctx, all_incidents, broad, since, tags, page, limit, as_json):
+    """Past incidents, newest first: by default the upload-related ones (with --broad, broad outages too)."""
     from monitor import history as h
 
     reader = c.reader()
     try:
         rows = h.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit,
-                         upload_tags=c.settings.upload_tags)
+                         upload_tags=c.settings.upload_tags, broad=broad)
     finally:
         reader.close()
     if as_json:
@@ -192,7 +193,8 @@ def history(c: Ctx, all_incidents, since, tags, page, limit, as_json):
     if not rows:
         return click.echo("No matching incidents stored." + ("" if all_incidents else " (Try --all.)"))
     click.echo(table([[short(r["started_at"]), r["page"], r["status"], r["impact"], cap(r["title"], 60),
-                       ",".join(r["tags"]) or "-", str(r["messages_sent"])] for r in rows],
+                       ",".join(r["tags"] + [f"down:{x}" for x in r["surfaces"]]) or "-", str(r["messages_sent"])]
+                      for r in rows],
                      ["started (UTC)", "page", "status", "impact", "title", "tags", "sent"]))
 
 
@@ -228,6 +230,9 @@ def show(c: Ctx, incident_id, page, as_json):
     out.append("Tags:" + ("" if d["tags"] else " none"))
     for t in d["tags"]:
         out.append(f"  {t['tag']}: rule {t['rule']} matched {t['field']}: \"{t['text']}\"")
+    out.append("Broad outage of:" + ("" if d["surfaces"] else " none"))
+    for x in d["surfaces"]:
+        out.append(f"  {x['surface']}: rule {x['rule']} matched {x['field']}: \"{x['text']}\"")
     out.append("Updates:")
     for u in d["updates"]:
         out.append(f"  {short(u['published_at'])}  {u['status'] or '-'}  [{u['source']}]")
@@ -284,7 +289,7 @@ def retag(c: Ctx):
     """Apply the current tag rules to every stored incident (after a rule change)."""
     from monitor.retag import retag_all
 
-    changed, total = retag_all(c.engine(), c.rules())
+    changed, total = retag_all(c.engine(), c.rules(), surface_rules=c.settings.surface_rules)
     click.echo(f"{changed} of {total} incidents changed tags")
 
 
@@ -322,19 +327,21 @@ def run(c: Ctx):
 
 
 @cli.command()
+@click.option("--surface", metavar="NAME", help="Answer for one surface: chatgpt or api (or one the config adds).")
 @json_option
 @pass_ctx
-def status(c: Ctx, as_json):
+def status(c: Ctx, surface, as_json):
     """Should you wait, or troubleshoot locally? Answers from the store when every page's last good poll is
     younger than two poll intervals, else polls those pages once first.
 
-    Exit codes (monitoring plugins): 0 = no upload-related incident open (troubleshoot locally), 1 = one is
-    open with minor or no impact, 2 = one is open with major or critical impact, 3 = unknown (no fresh data:
-    the page cannot be reached, or the store cannot be read)."""
+    Exit codes (monitoring plugins): 0 = no upload-related incident and no broad outage of ChatGPT or the
+    API open (troubleshoot locally), 1 = one is open with minor or no impact, 2 = one is open with major or
+    critical impact, 3 = unknown (no fresh data: the page cannot be reached, or the store cannot be read).
+    With --surface, only that surface's broad outages count (upload-related incidents always do)."""
     from monitor import status as st
 
     try:
-        report = st.gather(lambda: c.settings, c.reader, c.rules)
+        report = st.gather(lambda: c.settings, c.reader, c.rules, surface)
     except st.StatusFailure as exc:  # never an exit code a monitoring system reads as a verdict
         if as_json:
             emit_json(st.failure_json(str(exc)))

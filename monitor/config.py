@@ -1,6 +1,7 @@
 """Load and validate the TOML config into frozen settings. Every error names the file, the key and the reason."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -89,6 +90,7 @@ class PageSettings(_Frozen):
     deadline: float = Field(30, gt=0, le=600, description="seconds a whole poll may take")
     max_response_mb: float = Field(10, gt=0, le=1024)
     proxy_host: str | None = None
+    surfaces: tuple[str, ...] | None = Field(None, description="watched surfaces; None: every known surface")
 
     @field_validator("kind")
     @classmethod
@@ -117,6 +119,7 @@ class NotifierSettings(_Frozen):
     tags: tuple[str, ...] = DEFAULT_TAGS
     events: tuple[Literal["opened", "updated", "resolved"], ...] = EVENTS
     min_impact: Literal["none", "minor", "major", "critical"] = "none"
+    surfaces: tuple[str, ...] | None = None     # broad outages of these surfaces; None: every watched one
 
     @model_validator(mode="after")
     def _one_url(self):
@@ -133,10 +136,12 @@ class NotifierSettings(_Frozen):
             raise ConfigError(f"notifier {self.name}: environment variable {self.url_env} is not set")
         return value
 
-    def wants(self, tags: set[str], event: str, impact: str) -> bool:
+    def wants(self, tags: set[str], event: str, impact: str, surfaces: frozenset[str] = frozenset()) -> bool:
+        """This event of an incident with these tags, impact and (watched) broad-outage surfaces."""
         if event not in self.events:
             return False
-        if "*" not in self.tags and not tags.intersection(self.tags):
+        broad = surfaces if self.surfaces is None else surfaces.intersection(self.surfaces)
+        if "*" not in self.tags and not tags.intersection(self.tags) and not broad:
             return False
         from monitor.records import impact_rank
 
@@ -212,6 +217,7 @@ class Settings(_Frozen):
     database: DatabaseSettings = DatabaseSettings()
     pages: tuple[PageSettings, ...] = (PageSettings(name="openai", base_url="https://status.openai.com"),)
     tags: dict[str, dict] = Field(default_factory=dict)
+    surfaces: dict[str, dict] = Field(default_factory=dict)
     notifiers: tuple[NotifierSettings, ...] = ()
     notify: NotifySettings = NotifySettings()
     log: LogSettings = LogSettings()
@@ -251,6 +257,26 @@ class Settings(_Frozen):
         """What counts as upload-related everywhere (verdict, history, messages): the built-in tags and every
         tag the config's [tags.<tag>] tables add."""
         return DEFAULT_TAGS + tuple(t for t in self.tags if t not in DEFAULT_TAGS)
+
+    @functools.cached_property
+    def surface_rules(self):
+        """The broad-outage rules: the built-in ones and the config's [surfaces.<name>] tables."""
+        from monitor.surfaces import build_surface_rules
+
+        return build_surface_rules(self.surfaces)
+
+    @property
+    def known_surfaces(self) -> tuple[str, ...]:
+        from monitor.surfaces import SURFACES
+
+        return SURFACES + tuple(s for s in self.surfaces if s not in SURFACES)
+
+    def watched_surfaces(self, page: str) -> frozenset[str]:
+        """The surfaces whose broad outages make `page`'s verdict wait and reach notifiers (default: all)."""
+        ps = next((p for p in self.pages if p.name == page), None)
+        if ps is None or ps.surfaces is None:
+            return frozenset(self.known_surfaces)
+        return frozenset(ps.surfaces)
 
     def page(self, name: str) -> PageSettings:
         for p in self.pages:
@@ -318,8 +344,15 @@ def load(path: str | os.PathLike | None = None, *, warn=None) -> Settings:
         from monitor.tags import build_rules
 
         build_rules(settings.tags)
+        settings.surface_rules
     except ValueError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    known = set(settings.known_surfaces)
+    for where, names in ([(f"pages[{i}].surfaces", ps.surfaces) for i, ps in enumerate(settings.pages)]
+                         + [(f"notifiers[{i}].surfaces", n.surfaces) for i, n in enumerate(settings.notifiers)]):
+        unknown = [n for n in names or () if n not in known]
+        if unknown:
+            raise ConfigError(f"{p}: {where}: unknown surface {unknown[0]!r} (known: {', '.join(sorted(known))})")
     if settings.notifiers:  # a URL no channel can deliver to is refused by every command, not only `run`
         from monitor.notify.channels import validate
 

@@ -20,6 +20,7 @@ def incident_dict(row: Incident) -> dict:
     return {
         "page": row.page.name, "id": row.page_incident_id, "title": row.title, "url": row.url,
         "status": row.status, "impact": row.impact, "tags": sorted(t.tag for t in row.tags),
+        "surfaces": sorted(x.surface for x in row.surfaces),
         "started_at": _iso(row.started_at), "resolved_at": _iso(row.resolved_at),
         "components": [c.name for c in row.components if c.name],
         "first_seen_at": _iso(row.first_seen_at),
@@ -28,15 +29,19 @@ def incident_dict(row: Incident) -> dict:
 
 def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: bool = False,
             since: datetime | None = None, page: str | None = None, limit: int | None = None,
-            upload_tags: tuple[str, ...] = UPLOAD_TAGS) -> list[dict]:
+            upload_tags: tuple[str, ...] = UPLOAD_TAGS, broad: bool = False) -> list[dict]:
     """Incidents newest first; by default only the upload-related ones (`upload_tags`: the settings'
-    `upload_tags`, which include the tags the config adds). Plain SQL through a db.Reader: this lists tens
-    of thousands of rows, which the ORM would turn into objects for nothing."""
+    `upload_tags`, which include the tags the config adds), with `broad` also the broad outages of any
+    surface. Plain SQL through a db.Reader: this lists tens of thousands of rows, which the ORM would turn
+    into objects for nothing."""
     where, params = [], {}
     wanted = list(tags or ()) or (None if all_incidents else list(upload_tags))
     if wanted:
         tag_in, p = in_list("tag", wanted)
-        where.append(f"i.id IN (SELECT incident_id FROM tags WHERE tag IN {tag_in})")
+        cond = f"i.id IN (SELECT incident_id FROM tags WHERE tag IN {tag_in})"
+        if broad and not tags:
+            cond = f"({cond} OR i.id IN (SELECT incident_id FROM surfaces))"
+        where.append(cond)
         params.update(p)
     if since:
         where.append("i.started_at >= :since")
@@ -54,13 +59,13 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
             chosen, params = in_list("id", [r[0] for r in rows])
         else:
             chosen = f"({chosen})"
-        tag_map, comp_map = _tags_and_components(reader, chosen, params)
+        tag_map, comp_map, surf_map = _tags_and_components(reader, chosen, params)
         sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
                                 "AND state = 'sent' GROUP BY incident_id", params))
         outages = _probe_outages(reader)
     out = []
     for r in rows:
-        d = _incident(reader, r, tag_map, comp_map)
+        d = _incident(reader, r, tag_map, comp_map, surf_map)
         d["messages_sent"] = sent.get(r[0], 0)
         d.update(probe_lead(outages, reader.time(r[7]), reader.time(r[9])))    # started_at, first_seen_at
         out.append(d)
@@ -69,21 +74,21 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
 
 # The columns _incident() reads, in its order.
 _INCIDENT_COLUMNS = ("SELECT i.id, p.name, i.page_incident_id, i.title, i.url, i.status, i.impact, i.started_at, "
-                     "i.resolved_at, i.first_seen_at")
+                     "i.resolved_at, i.first_seen_at, i.scheduled_until")
 
 
-def _incident(reader: Reader, row: tuple, tag_map: dict, comp_map: dict) -> dict:
+def _incident(reader: Reader, row: tuple, tag_map: dict, comp_map: dict, surf_map: dict) -> dict:
     """One row of _INCIDENT_COLUMNS as the JSON contract words it (as incident_dict() does for an ORM row,
     without first_seen_at, which only some readers add)."""
-    iid, pname, pid, title, url, status, impact, started, resolved, _first_seen = row
+    iid, pname, pid, title, url, status, impact, started, resolved, _first_seen, _until = row
     return {"page": pname, "id": pid, "title": title, "url": url, "status": status, "impact": impact,
-            "tags": tag_map.get(iid, []), "started_at": reader.iso(started), "resolved_at": reader.iso(resolved),
-            "components": comp_map.get(iid, [])}
+            "tags": tag_map.get(iid, []), "surfaces": surf_map.get(iid, []), "started_at": reader.iso(started),
+            "resolved_at": reader.iso(resolved), "components": comp_map.get(iid, [])}
 
 
-def _tags_and_components(reader: Reader, chosen: str, params: dict) -> tuple[dict, dict]:
-    """Incident id -> its tags (sorted) and its components' names, for the incidents of the SQL list or
-    subquery `chosen` (inside the caller's `with reader`)."""
+def _tags_and_components(reader: Reader, chosen: str, params: dict) -> tuple[dict, dict, dict]:
+    """Incident id -> its tags (sorted), its components' names and its broad-outage surfaces (sorted), for the
+    incidents of the SQL list or subquery `chosen` (inside the caller's `with reader`)."""
     tag_map: dict[int, list[str]] = {}
     for iid, tag in reader.rows(f"SELECT incident_id, tag FROM tags WHERE incident_id IN {chosen} "
                                 "ORDER BY incident_id, tag", params):
@@ -93,7 +98,11 @@ def _tags_and_components(reader: Reader, chosen: str, params: dict) -> tuple[dic
                                  f"WHERE incident_id IN {chosen} ORDER BY id", params):
         if name:
             comp_map.setdefault(iid, []).append(name)
-    return tag_map, comp_map
+    surf_map: dict[int, list[str]] = {}
+    for iid, surface in reader.rows(f"SELECT incident_id, surface FROM surfaces WHERE incident_id IN {chosen} "
+                                    "ORDER BY incident_id, surface", params):
+        surf_map.setdefault(iid, []).append(surface)
+    return tag_map, comp_map, surf_map
 
 
 def _probe_outages(reader: Reader) -> list[tuple[datetime, datetime | None]]:
@@ -122,7 +131,7 @@ def find_incident(session: Session, incident_id: str, page: str | None = None) -
     if page:
         q = q.where(Page.name == page)
     return session.scalars(q.options(selectinload(Incident.updates), selectinload(Incident.components),
-                                     selectinload(Incident.tags))).first()
+                                     selectinload(Incident.tags), selectinload(Incident.surfaces))).first()
 
 
 def incident_detail(session: Session, row: Incident) -> dict:
@@ -140,6 +149,8 @@ def incident_detail(session: Session, row: Incident) -> dict:
     d["components"] = [{"id": c.key, "name": c.name, "impact": c.impact} for c in row.components]
     d["tags"] = [{"tag": t.tag, "rule": t.rule, "field": t.field, "text": t.text}
                  for t in sorted(row.tags, key=lambda t: t.tag)]
+    d["surfaces"] = [{"surface": x.surface, "rule": x.rule, "field": x.field, "text": x.text}
+                     for x in sorted(row.surfaces, key=lambda x: x.surface)]
     d["updates"] = [{"status": u.status, "published_at": _iso(u.published_at), "source": u.source,
                      "body": u.body} for u in row.updates]
     d["messages"] = [outbox_dict(o) for o in session.scalars(
@@ -165,25 +176,36 @@ def outbox(session: Session, *, include_sent: bool = False, limit: int = 200) ->
 
 
 def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
-    """Open upload-related incidents and each configured page's polling health, for verdict.decide():
-    the incidents as incident_dict() words them, in a few plain queries through a db.Reader."""
+    """Open incidents that make the verdict wait (upload-related, or a broad outage of a surface the page
+    watches) and each configured page's polling health, for verdict.decide(): the incidents as
+    incident_dict() words them, with `broad` (the watched surfaces it takes down) and `upload` (whether it is
+    upload-related), in a few plain queries through a db.Reader."""
     from monitor.records import OPEN_STATUSES
     from monitor.verdict import PageHealth
 
     names, p_names = in_list("name", [p.name for p in settings.pages])
-    statuses, p_statuses = in_list("status", OPEN_STATUSES)
+    statuses, p_statuses = in_list("status", OPEN_STATUSES + ("scheduled",))   # scheduled: shown, never waited for
     tags, p_tags = in_list("tag", settings.upload_tags)
     params = {**p_names, **p_statuses, **p_tags}
     chosen = (f"SELECT i.id FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name IN {names} "
-              f"AND i.status IN {statuses} AND i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags})")
+              f"AND i.status IN {statuses} AND (i.id IN (SELECT incident_id FROM tags WHERE tag IN {tags}) "
+              "OR i.id IN (SELECT incident_id FROM surfaces))")
     with reader:
         rows = reader.rows(_INCIDENT_COLUMNS + chosen.removeprefix("SELECT i.id") + " ORDER BY i.started_at DESC",
                            params)
-        tag_map, comp_map = _tags_and_components(reader, f"({chosen})", params)
+        tag_map, comp_map, surf_map = _tags_and_components(reader, f"({chosen})", params)
         stored = {r[0]: r[1:] for r in reader.rows(
             "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
             f"WHERE name IN {names}", p_names)}
-    incidents = [{**_incident(reader, r, tag_map, comp_map), "first_seen_at": reader.iso(r[9])} for r in rows]
+    incidents = []
+    upload = set(settings.upload_tags)
+    for r in rows:
+        d = {**_incident(reader, r, tag_map, comp_map, surf_map), "first_seen_at": reader.iso(r[9]),
+             "scheduled_until": reader.iso(r[10])}
+        d["upload"] = bool(upload.intersection(d["tags"]))
+        d["broad"] = sorted(settings.watched_surfaces(d["page"]).intersection(d["surfaces"]))
+        if d["upload"] or d["broad"]:
+            incidents.append(d)
     health = []
     for ps in settings.pages:
         last_success, failures, outcome = stored.get(ps.name, (None, 0, None))

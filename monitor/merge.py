@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from monitor.records import (
-    CLOSED_STATUSES, OPEN_STATUSES, ComponentRec, IncidentRec, UpdateRec, impact_rank, worst_impact,
+    CLOSED_STATUSES, OPEN_STATUSES, UNKNOWN_STATUS, ComponentRec, IncidentRec, UpdateRec, impact_rank, worst_impact,
 )
 from monitor.sources.common import norm_impact, text_key
 
@@ -41,6 +41,7 @@ class IncidentState:
     components: tuple[ComponentRec, ...] = ()
     sources: frozenset[str] = frozenset()
     full_timeline: bool = False
+    scheduled_until: datetime | None = None    # a maintenance's planned end
 
     @property
     def is_open(self) -> bool:
@@ -193,7 +194,9 @@ def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime
     url = next((r.url for r in recs if r.url), None) or prev.url
 
     dated = [u for u in updates if u.status]
-    status = dated[-1].status if dated else (next((r.status for r in recs if r.status), None) or prev.status)
+    # no source names a status it knows: "unknown" (never open, never resolved), not "investigating"
+    fallback = prev.status if previous is not None else UNKNOWN_STATUS
+    status = dated[-1].status if dated else (next((r.status for r in recs if r.status), None) or fallback)
     components = _merge_components(prev.components, [c for r in recs for c in r.components], names)
     impact = _impact(previous, recs, components)
 
@@ -210,6 +213,7 @@ def merge(previous: IncidentState | None, recs: list[IncidentRec], now: datetime
         updated_at=max(ups) if ups else None, updates=tuple(updates), components=components,
         sources=prev.sources | {r.source for r in recs},
         full_timeline=prev.full_timeline or any(r.full_timeline for r in recs),
+        scheduled_until=next((r.scheduled_until for r in recs if r.scheduled_until), None) or prev.scheduled_until,
     )
     event = _event(previous, state, added)
     return Change(state=state, previous=previous, event=event, new_updates=tuple(added),
@@ -251,8 +255,12 @@ def _resolved_at(prev: IncidentState, updates: list[UpdateRec], recs: list[Incid
 
 
 def _event(prev: IncidentState | None, new: IncidentState, added: list[UpdateRec]) -> str | None:
-    if prev is None:
-        return "opened" if new.is_open else "resolved"
+    """What people are told. A maintenance only announced (scheduled), or an incident in a status nobody
+    knows, is told nothing; it is "opened" when it gets under way."""
+    if prev is None or not (prev.is_open or prev.status in CLOSED_STATUSES):
+        if new.is_open:
+            return "opened"
+        return "resolved" if prev is None and new.status in CLOSED_STATUSES else None
     if new.status == "resolved" and (prev.is_open or (new.reopened and new.resolved_at != prev.resolved_at)):
         return "resolved"   # also when it reopened and was resolved again between two polls
     if added or new.status != prev.status:

@@ -99,12 +99,14 @@ class Incident(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTC)
     sources: Mapped[str] = mapped_column(Text, default="")     # comma list of the sources that showed it
     timeline_complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    scheduled_until: Mapped[datetime | None] = mapped_column(UTC)    # a maintenance's planned end
 
     page: Mapped[Page] = relationship(lazy="joined")
     updates: Mapped[list[Update]] = relationship(
         back_populates="incident", cascade="all, delete-orphan", order_by="Update.published_at")
     components: Mapped[list[IncidentComponent]] = relationship(cascade="all, delete-orphan")
     tags: Mapped[list[Tag]] = relationship(cascade="all, delete-orphan")
+    surfaces: Mapped[list[Surface]] = relationship(cascade="all, delete-orphan")
 
 
 class Update(Base):
@@ -141,6 +143,19 @@ class Tag(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
     tag: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(Text)
+    field: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Surface(Base):
+    """A surface (chatgpt, api, ...) the incident takes down broadly: the rule and the text that said so."""
+
+    __tablename__ = "surfaces"
+    __table_args__ = (UniqueConstraint("incident_id", "surface"), Index("ix_surfaces_surface", "surface"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    surface: Mapped[str] = mapped_column(Text)
     rule: Mapped[str] = mapped_column(Text)
     field: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)

@@ -377,7 +377,8 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
                 res.changed += row is not None
         res.queued = store.apply(s, page, changes, rows, rules=p.rules, notifiers=p.settings.notifiers,
                                  now=now, silent_resolved=first_poll, silent=silent,
-                                 upload_tags=p.settings.upload_tags)
+                                 upload_tags=p.settings.upload_tags, surface_rules=p.settings.surface_rules,
+                                 watched=p.settings.watched_surfaces(p.ps.name))
         store.save_states(s, page_id, new_states, now)
         store.save_timeline_states(s, page_id, p.timeline_ok, p.timeline_failed, now)
         page.kind = res.kind or page.kind

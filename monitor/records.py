@@ -4,9 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem")
-OPEN_STATUSES = ("investigating", "identified", "monitoring")
+# A maintenance's words (Atlassian): scheduled (announced, nothing happens yet), in_progress and verifying
+# (under way: the service may be down), completed (mapped to resolved, like incident.io's "Completed").
+MAINTENANCE_STATUSES = ("scheduled", "in_progress", "verifying")
+STATUSES = ("investigating", "identified", "monitoring", "resolved", "postmortem") + MAINTENANCE_STATUSES
+OPEN_STATUSES = ("investigating", "identified", "monitoring", "in_progress", "verifying")
 CLOSED_STATUSES = ("resolved", "postmortem")
+UNKNOWN_STATUS = "unknown"     # a status word nobody mapped: never open, never resolved
 IMPACTS = ("none", "minor", "major", "critical")     # least to most severe
 
 
@@ -89,6 +93,7 @@ class IncidentRec:
     updates: tuple[UpdateRec, ...] = ()
     components: tuple[ComponentRec, ...] = ()
     full_timeline: bool = False   # True when `updates` is every update the page has for it
+    scheduled_until: datetime | None = None   # a maintenance's planned end
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,17 +18,18 @@ class Report:
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     probe: object = None                             # verdict.ProbeHealth, None without [probe]
     leader: dict | None = None           # db.current_leader(): who polls and delivers, and its last poll
+    surface: str | None = None           # the one surface asked about (`status --surface`), else None
 
 
 class StatusFailure(Exception):
     """The verdict cannot be computed (config, store, file system): the answer is UNKNOWN."""
 
 
-def read(settings, reader) -> Report:
+def read(settings, reader, surface: str | None = None) -> Report:
     """The verdict from the store alone (no polling). `reader` is a db.Reader, or an SQLAlchemy engine."""
     from monitor import db
 
-    return _decide(settings, reader if isinstance(reader, db.Reader) else db.Reader(engine=reader))
+    return _decide(settings, reader if isinstance(reader, db.Reader) else db.Reader(engine=reader), surface)
 
 
 def from_session(session, settings) -> Report:
@@ -38,7 +39,7 @@ def from_session(session, settings) -> Report:
     return _decide(settings, db.Reader(connection=session.connection()))
 
 
-def _decide(settings, reader) -> Report:
+def _decide(settings, reader, surface: str | None = None) -> Report:
     from monitor import db
     from monitor import history as h
     from monitor.verdict import decide
@@ -47,10 +48,10 @@ def _decide(settings, reader) -> Report:
     probe = h.probe_health(reader, settings)
     leader = db.current_leader(reader)
     now = datetime.now(timezone.utc)
-    return Report(decide(incidents, health, now, probe), health, [], now, probe, leader)
+    return Report(decide(incidents, health, now, probe, surface), health, [], now, probe, leader, surface)
 
 
-def gather(settings_factory, reader_factory, rules_factory) -> Report:
+def gather(settings_factory, reader_factory, rules_factory, surface: str | None = None) -> Report:
     """The verdict as `monitor status` gives it: from the store when every page's data is fresh, else after
     polling the stale pages once. The factories load the settings, open the store (migrated, as a
     db.Reader) and build the tag rules, so that their failures are answered too. Raises StatusFailure with a
@@ -63,7 +64,9 @@ def gather(settings_factory, reader_factory, rules_factory) -> Report:
         settings = settings_factory()
         reader = reader_factory()
         try:
-            report = read(settings, reader)
+            if surface is not None and surface not in settings.known_surfaces:
+                raise StatusFailure(f"unknown surface {surface!r} (known: {', '.join(settings.known_surfaces)})")
+            report = read(settings, reader, surface)
             stale = [p.name for p in report.health if not p.fresh(report.now)]
             if stale:  # answer from fresh data only: poll the stale pages once first
                 import asyncio
@@ -75,10 +78,12 @@ def gather(settings_factory, reader_factory, rules_factory) -> Report:
                     polled = asyncio.run(poll_all(settings, writer, rules_factory(), pages=stale))
                 finally:
                     writer.dispose()
-                report = read(settings, reader)
+                report = read(settings, reader, surface)
                 report.polled = polled
         finally:
             reader.close()
+    except StatusFailure:
+        raise
     except (ConfigError, StoreError) as exc:
         raise StatusFailure(str(exc)) from None
     except OSError as exc:
@@ -95,8 +100,8 @@ def gather(settings_factory, reader_factory, rules_factory) -> Report:
 
 
 def failure_json(message: str) -> dict:
-    return {"verdict": "unknown", "exit_code": 3, "reason": message, "incidents": [], "checked_at": None,
-            "pages": [], "checklist": [], "leader": None}
+    return {"verdict": "unknown", "exit_code": 3, "reason": message, "incidents": [], "scheduled": [],
+            "surface": None, "checked_at": None, "pages": [], "checklist": [], "leader": None}
 
 
 def to_json(r: Report) -> dict:
@@ -108,7 +113,7 @@ def to_json(r: Report) -> dict:
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}
     goods = [p.last_success_at for p in r.health if p.last_success_at]
     out = {"verdict": v.verdict, "exit_code": v.exit_code, "reason": v.reason,
-           "incidents": list(v.incidents),
+           "incidents": list(v.incidents), "scheduled": list(v.scheduled), "surface": r.surface,
            "checked_at": iso_z(min(goods)) if goods else None,   # the oldest data the answer rests on
            "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
                       "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
@@ -151,7 +156,7 @@ def to_text(r: Report, checklist: bool = True) -> str:
     """The `monitor status` text: the verdict line, open incidents, each page's freshness, the checklist
     (`checklist=False`: without it, for a reader with more specific advice)."""
     from monitor.records import short_iso
-    from monitor.verdict import CHECKLIST, age_words
+    from monitor.verdict import CHECKLIST, age_words, broad_words
 
     v, now = r.verdict, r.now
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}
@@ -160,8 +165,13 @@ def to_text(r: Report, checklist: bool = True) -> str:
         lines.append(f"  - {i['title']}")
         lines.append(f"    {i['status']}, impact {i['impact']}, since {short_iso(i['started_at'])} UTC"
                      + (f" (page {i['page']}, no fresh data)" if i["page"] in v.stale else ""))
+        if i.get("broad") and not i.get("upload", True):
+            lines.append(f"    {broad_words(i).partition(':')[0]}: OpenAI's side, not a local problem")
         if i["url"]:
             lines.append(f"    {i['url']}")
+    for i in v.scheduled:
+        lines.append(f"Scheduled maintenance (no reason to wait yet): {i['title']} (page {i['page']}"
+                     + (f", until {short_iso(i['scheduled_until'])} UTC" if i.get("scheduled_until") else "") + ")")
     for p in r.health:
         if p.last_success_at:
             age = age_words((now - p.last_success_at).total_seconds())

@@ -12,9 +12,12 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from monitor.merge import Change, IncidentState
-from monitor.models import Component, Incident, IncidentComponent, Outbox, Page, SourceState, Tag, Update
+from monitor.models import (
+    Component, Incident, IncidentComponent, Outbox, Page, SourceState, Surface, Tag, Update,
+)
 from monitor.records import ComponentRec, UpdateRec, backoff, iso_z as _iso
 from monitor.sources.common import text_key
+from monitor.surfaces import DEFAULT_SURFACE_RULES, classify
 from monitor.tags import UPLOAD_TAGS, Rule, TagMatch, tag_incident
 
 LOG_NOTIFIER = "log"
@@ -28,8 +31,8 @@ class LogNotifier:
     def __init__(self, upload_tags: Sequence[str] = UPLOAD_TAGS):
         self.upload_tags = tuple(upload_tags)
 
-    def wants(self, tags: set[str], event: str, impact: str) -> bool:
-        return bool(tags.intersection(self.upload_tags))
+    def wants(self, tags: set[str], event: str, impact: str, surfaces: frozenset[str] = frozenset()) -> bool:
+        return bool(tags.intersection(self.upload_tags) or surfaces)
 
 
 def get_page(session: Session, name: str, base_url: str) -> Page:
@@ -70,7 +73,8 @@ def to_state(row: Incident) -> IncidentState:
                                 page_update_id=u.page_update_id) for u in row.updates),
         components=tuple(sorted((ComponentRec(key=c.key, name=c.name, impact=c.impact) for c in row.components),
                                 key=lambda c: (c.name.lower(), c.key))),
-        sources=frozenset(s for s in row.sources.split(",") if s), full_timeline=row.timeline_complete)
+        sources=frozenset(s for s in row.sources.split(",") if s), full_timeline=row.timeline_complete,
+        scheduled_until=row.scheduled_until)
 
 
 def load_incidents(session: Session, page_id: int, ids: Iterable[str]) -> dict[str, Incident]:
@@ -78,7 +82,8 @@ def load_incidents(session: Session, page_id: int, ids: Iterable[str]) -> dict[s
     out: dict[str, Incident] = {}
     for i in range(0, len(ids), 500):
         q = (select(Incident).where(Incident.page_id == page_id, Incident.page_incident_id.in_(ids[i:i + 500]))
-             .options(selectinload(Incident.updates), selectinload(Incident.components), selectinload(Incident.tags)))
+             .options(selectinload(Incident.updates), selectinload(Incident.components), selectinload(Incident.tags),
+                      selectinload(Incident.surfaces)))
         out.update({r.page_incident_id: r for r in session.scalars(q)})
     return out
 
@@ -92,44 +97,57 @@ def compute_tags(rules: Sequence[Rule], state: IncidentState) -> list[TagMatch]:
     return tag_incident(rules, state.title, [u.body for u in state.updates], evidence_components(state))
 
 
+def compute_surfaces(rules, state: IncidentState) -> list[TagMatch]:
+    """The surfaces the incident takes down broadly (monitor.surfaces), each with its evidence."""
+    return classify(rules, state.title, [u.body for u in state.updates],
+                    [(c.name, c.impact) for c in state.components])
+
+
 def apply(session: Session, page: Page, changes: Sequence[Change], rows: dict[str, Incident], *,
           rules: Sequence[Rule], notifiers: Sequence, now: datetime, silent_resolved: bool = False,
-          silent: bool = False, upload_tags: Sequence[str] = UPLOAD_TAGS) -> int:
+          silent: bool = False, upload_tags: Sequence[str] = UPLOAD_TAGS,
+          surface_rules=DEFAULT_SURFACE_RULES, watched: frozenset[str] = frozenset()) -> int:
     """Write every changed incident and queue its message. Returns the number of outbox rows queued.
     New incidents are inserted in bulk (a first poll or backfill may bring thousands); changed ones go
-    through the ORM."""
+    through the ORM. A broad outage of a `watched` surface is told like an upload-related incident."""
     def tells(ch: Change) -> bool:
         return bool(ch.event) and not silent and not (
             silent_resolved and ch.event == "resolved" and ch.previous is None)
 
     changes = [ch for ch in changes if ch.changed]
     tags = {ch.state.page_incident_id: compute_tags(rules, ch.state) for ch in changes}
+    surfaces = {ch.state.page_incident_id: compute_surfaces(surface_rules, ch.state) for ch in changes}
     new = [ch for ch in changes if ch.state.page_incident_id not in rows]
     ids = {iid: row.id for iid, row in rows.items()}
     if new:
         with session.no_autoflush:
-            ids.update(_insert_new(session, page, new, tags, now))
+            ids.update(_insert_new(session, page, new, tags, surfaces, now))
     queued = 0
     for ch in changes:
-        matches = tags[ch.state.page_incident_id]
+        iid = ch.state.page_incident_id
+        matches = tags[iid]
         if ch.previous is not None:
-            _write_incident(rows[ch.state.page_incident_id], ch.state, now)
-            write_tags(rows[ch.state.page_incident_id], matches)
+            _write_incident(rows[iid], ch.state, now)
+            write_tags(rows[iid], matches)
+            write_surfaces(rows[iid], surfaces[iid])
         if tells(ch):
-            queued += queue(session, ids[ch.state.page_incident_id], page.name, ch, {m.tag for m in matches},
-                            notifiers, now, upload_tags=upload_tags)
+            broad = frozenset(m.tag for m in surfaces[iid]).intersection(watched)
+            queued += queue(session, ids[iid], page.name, ch, {m.tag for m in matches}, notifiers, now,
+                            upload_tags=upload_tags, surfaces=broad)
     return queued
 
 
 def _insert_new(session: Session, page: Page, new: Sequence[Change], tags: dict[str, list[TagMatch]],
-                now: datetime) -> dict[str, int]:
-    """Bulk INSERTs for incidents never seen before, their updates, components and tags; returns their ids."""
+                surfaces: dict[str, list[TagMatch]], now: datetime) -> dict[str, int]:
+    """Bulk INSERTs for incidents never seen before, their updates, components, tags and surfaces; returns
+    their ids."""
     from sqlalchemy import insert
 
     values = [{"page_id": page.id, "page_incident_id": s.page_incident_id, "title": s.title, "url": s.url,
                "status": s.status, "impact": s.impact, "started_at": s.started_at, "resolved_at": s.resolved_at,
                "page_updated_at": s.updated_at, "first_seen_at": now, "last_seen_at": now,
-               "sources": ",".join(sorted(s.sources)), "timeline_complete": s.full_timeline}
+               "sources": ",".join(sorted(s.sources)), "timeline_complete": s.full_timeline,
+               "scheduled_until": s.scheduled_until}
               for s in (ch.state for ch in new)]
     # a plain executemany (with RETURNING each row costs 2.4x as much), then the new ids in one query
     session.execute(insert(Incident.__table__), values)
@@ -137,7 +155,7 @@ def _insert_new(session: Session, page: Page, new: Sequence[Change], tags: dict[
     if len(values) <= 500:
         q = q.where(Incident.page_incident_id.in_([v["page_incident_id"] for v in values]))
     ids: dict[str, int] = dict(session.execute(q).all())
-    ups, comps, tag_rows = [], [], []
+    ups, comps, tag_rows, surface_rows = [], [], [], []
     for ch in new:
         iid = ids[ch.state.page_incident_id]
         ups += [{"incident_id": iid, "page_update_id": u.page_update_id, "status": u.status, "body": u.body,
@@ -145,7 +163,9 @@ def _insert_new(session: Session, page: Page, new: Sequence[Change], tags: dict[
         comps += [{"incident_id": iid, "key": c.key, "name": c.name, "impact": c.impact} for c in ch.state.components]
         tag_rows += [{"incident_id": iid, "tag": m.tag, "rule": m.rule, "field": m.field, "text": m.text}
                      for m in tags[ch.state.page_incident_id]]
-    for model, batch in ((Update, ups), (IncidentComponent, comps), (Tag, tag_rows)):
+        surface_rows += [{"incident_id": iid, "surface": m.tag, "rule": m.rule, "field": m.field, "text": m.text}
+                         for m in surfaces[ch.state.page_incident_id]]
+    for model, batch in ((Update, ups), (IncidentComponent, comps), (Tag, tag_rows), (Surface, surface_rows)):
         if batch:  # Core executemany on the table: no ORM bookkeeping for rows nobody holds
             session.execute(insert(model.__table__), batch)
     return ids
@@ -156,6 +176,7 @@ def _write_incident(row: Incident, s: IncidentState, now: datetime) -> None:
     row.started_at, row.resolved_at, row.page_updated_at = s.started_at, s.resolved_at, s.updated_at
     row.sources = ",".join(sorted(s.sources))
     row.timeline_complete = s.full_timeline
+    row.scheduled_until = s.scheduled_until
     row.last_seen_at = now
     seen = {(u.status, u.published_at, text_key(u.body)): u.first_seen_at for u in row.updates}
     seen_by_id = {u.page_update_id: u.first_seen_at for u in row.updates if u.page_update_id}
@@ -185,8 +206,15 @@ def write_tags(row: Incident, matches: Sequence[TagMatch]) -> None:
     row.tags = [Tag(tag=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
 
 
+def write_surfaces(row: Incident, matches: Sequence[TagMatch]) -> None:
+    current = {(x.surface, x.rule, x.field, x.text) for x in row.surfaces}
+    if current == {(m.tag, m.rule, m.field, m.text) for m in matches}:
+        return
+    row.surfaces = [Surface(surface=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
+
+
 def payload(state: IncidentState, event: str, tags: set[str], page_name: str,
-            upload_tags: Sequence[str] = UPLOAD_TAGS) -> dict:
+            upload_tags: Sequence[str] = UPLOAD_TAGS, surfaces: frozenset[str] = frozenset()) -> dict:
     """What a message says, frozen when it is decided (rendered per channel at delivery). `reopened`: the
     incident was resolved before (a reopening says wait again; its next resolution, resolved again)."""
     last = state.latest_update()
@@ -195,6 +223,8 @@ def payload(state: IncidentState, event: str, tags: set[str], page_name: str,
         "event": event, "page": page_name, "id": state.page_incident_id, "title": state.title, "url": state.url,
         "status": state.status, "impact": state.impact, "tags": sorted(tags),
         "uploads": bool(tags.intersection(upload_tags)), "reopened": state.reopened,
+        "surfaces": sorted(surfaces), "maintenance": state.impact == "maintenance",
+        "scheduled_until": _iso(state.scheduled_until),
         "components": [c.name for c in state.components if c.name],
         "started_at": _iso(state.started_at), "resolved_at": _iso(state.resolved_at),
         "update": {"status": last.status if last else None,
@@ -204,19 +234,21 @@ def payload(state: IncidentState, event: str, tags: set[str], page_name: str,
 
 
 def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
-          now: datetime, *, upload_tags: Sequence[str] = UPLOAD_TAGS) -> int:
+          now: datetime, *, upload_tags: Sequence[str] = UPLOAD_TAGS, surfaces: frozenset[str] = frozenset()) -> int:
     """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
     return queue_message(session, incident_id=incident_id, key=f"{page_name}:{ch.dedupe_key}", event=ch.event,
                          tags=tags, impact=ch.state.impact, notifiers=notifiers, now=now, upload_tags=upload_tags,
-                         body=lambda: payload(ch.state, ch.event, tags, page_name, upload_tags))
+                         surfaces=surfaces,
+                         body=lambda: payload(ch.state, ch.event, tags, page_name, upload_tags, surfaces))
 
 
 def queue_message(session: Session, *, incident_id: int | None, key: str, event: str, tags: set[str], impact: str,
-                  notifiers: Sequence, now: datetime, body, upload_tags: Sequence[str] = UPLOAD_TAGS) -> int:
-    """Outbox rows under `key` for every notifier that wants (tags, event, impact), each key at most once per
-    notifier (with none configured, the log, which wants `upload_tags`); `body()` makes the payload. Returns
-    the number of rows queued."""
-    targets = [n.name for n in (notifiers or [LogNotifier(upload_tags)]) if n.wants(tags, event, impact)]
+                  notifiers: Sequence, now: datetime, body, upload_tags: Sequence[str] = UPLOAD_TAGS,
+                  surfaces: frozenset[str] = frozenset()) -> int:
+    """Outbox rows under `key` for every notifier that wants (tags, event, impact, broad-outage surfaces), each
+    key at most once per notifier (with none configured, the log, which wants `upload_tags` and every watched
+    surface); `body()` makes the payload. Returns the number of rows queued."""
+    targets = [n.name for n in (notifiers or [LogNotifier(upload_tags)]) if n.wants(tags, event, impact, surfaces)]
     if not targets:
         return 0
     have = set(session.scalars(select(Outbox.notifier).where(Outbox.dedupe_key == key,

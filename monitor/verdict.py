@@ -66,32 +66,79 @@ class Verdict:
     reason: str
     incidents: tuple[dict, ...] = ()
     stale: tuple[str, ...] = field(default_factory=tuple)
+    scheduled: tuple[dict, ...] = ()  # maintenances only announced: shown, never waited for
+
+
+def _names(surfaces) -> str:
+    from monitor.surfaces import surface_words
+
+    words = [surface_words(s) for s in surfaces]
+    text = " and ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " and " + words[-1]
+    return text[:1].upper() + text[1:]
+
+
+def broad_words(i: dict) -> str:
+    """How a broad outage reads: "ChatGPT is down: 'ChatGPT unavailable' (critical)", or for a maintenance
+    under way "The API is under maintenance until 14:00 UTC: 'Scheduled database upgrade'"."""
+    surfaces = i.get("broad") or i.get("surfaces") or []
+    verb = "are" if len(surfaces) > 1 else "is"
+    if i.get("impact") == "maintenance" or i.get("status") in ("in_progress", "verifying"):
+        until = i.get("scheduled_until")
+        when = f" until {until[11:16]} UTC" if isinstance(until, str) and len(until) >= 16 else ""
+        return f"{_names(surfaces)} {verb} under maintenance{when}: '{i.get('title')}'"
+    return f"{_names(surfaces)} {verb} down: '{i.get('title')}' ({i.get('impact')})"
 
 
 def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,
-           probe: ProbeHealth | None = None) -> Verdict:
-    """`open_incidents`: open upload-related incidents (dicts with at least `impact`, `title`, and `page`).
+           probe: ProbeHealth | None = None, surface: str | None = None) -> Verdict:
+    """`open_incidents`: open incidents that make people wait (dicts with at least `impact`, `title`, `page`,
+    `upload` (upload-related) and `broad` (the watched surfaces it takes down broadly)); those with status
+    "scheduled" (a maintenance only announced) are shown and never waited for. `surface`: answer for that
+    surface only (its broad outages, and upload-related incidents, which fail uploads on any surface).
 
     An incident on a page with fresh data means "wait", whatever the other pages say. Failures of the probe
     on OpenAI's side (`probe.failing`) mean "wait" too (exit 1) while no incident is open. Otherwise any page
     without fresh data makes the answer "unknown": stale data never reads as all-clear, and an incident
     known only from stale data may be over already (it is still listed)."""
+    def counts(i: dict) -> bool:
+        broad = [s for s in i.get("broad", ()) if surface is None or s == surface]
+        return bool(i.get("upload", True) or broad)
+
+    def for_surface(i: dict) -> dict:
+        if surface is None or not i.get("broad"):
+            return i
+        return {**i, "broad": [s for s in i["broad"] if s == surface]}
+
     stale = tuple(p.name for p in pages if not p.fresh(now))
-    incidents = tuple(open_incidents)
+    scheduled = tuple(i for i in open_incidents if i.get("status") == "scheduled" and counts(i))
+    incidents = tuple(for_surface(i) for i in open_incidents if i.get("status") != "scheduled" and counts(i))
     current = [i for i in incidents if i.get("page") not in stale]
     why_stale = "; ".join(_stale_reason(p, now) for p in pages if p.name in stale)
     if current:
         worst = worst_impact(i.get("impact") for i in current)
         code = CRITICAL if worst in ("major", "critical") else WARNING
-        n = len(current)
-        reason = f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: {worst})"
-        return Verdict("wait", code, reason + (f"; no fresh data: {why_stale}" if stale else ""), incidents, stale)
+        uploads = [i for i in current if i.get("upload", True)]
+        broad = [i for i in current if not i.get("upload", True) and i.get("broad")]
+        parts = []
+        if uploads:
+            n = len(uploads)
+            parts.append(f"{n} upload-related incident{'s' * (n != 1)} open (worst impact: "
+                         f"{worst_impact(i.get('impact') for i in uploads)})")
+        if broad:
+            parts += [broad_words(i) for i in broad]
+            parts.append("uploads fail too")
+        reason = "; ".join(parts)
+        return Verdict("wait", code, reason + (f"; no fresh data: {why_stale}" if stale else ""), incidents, stale,
+                       scheduled)
     if probe is not None and probe.failing(now):
         return Verdict("wait", WARNING, PROBE_REASON + (f"; no fresh data: {why_stale}" if stale else ""),
-                       incidents, stale)
+                       incidents, stale, scheduled)
     if stale:
-        return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale)
-    return Verdict("troubleshoot-locally", OK, "no upload-related incident is open", incidents)
+        return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale, scheduled)
+    what = f"no upload-related incident and no broad outage of {_names([surface])}" if surface else \
+        "no upload-related incident and no broad outage is open"
+    return Verdict("troubleshoot-locally", OK, what if surface is None else what + " is open", incidents,
+                   scheduled=scheduled)
 
 
 def age_words(seconds: float) -> str:

@@ -194,7 +194,7 @@ def test_quiet_moment_exit_0_with_the_findings(tmp_path, sp):
     r = diagnose(cfg, big, "--error", "Code interpreter session expired")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0] == "TROUBLESHOOT LOCALLY: no upload-related incident is open"
+    assert lines[0] == "TROUBLESHOOT LOCALLY: no upload-related incident and no broad outage is open"
     assert lines[1].startswith("Source openai: fresh, last good poll ")
     assert lines[2:] == [
         f"{big}: OVER A LIMIT (spreadsheet, 60.0 MB)",
@@ -261,7 +261,7 @@ def test_unknown_wording_falls_back_to_the_verdict_and_its_checklist(tmp_path, s
     r = diagnose(cfg, "--error", "The model is thinking very hard")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0] == "TROUBLESHOOT LOCALLY: no upload-related incident is open"
+    assert lines[0] == "TROUBLESHOOT LOCALLY: no upload-related incident and no broad outage is open"
     assert lines[2:] == ["Local checklist:", *[f"  {n}. {c}" for n, c in enumerate(CHECKLIST, 1)],
                          "Error 'The model is thinking very hard': not a wording this command knows; "
                          "go by the verdict above."]

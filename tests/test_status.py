@@ -80,7 +80,7 @@ def test_nothing_open_exit_0_with_checklist_answered_from_the_store(tmp_path, sp
     assert r.exit_code == 0, r.output
     assert sp.requests == []                      # fresh data: no poll
     lines = r.stdout.splitlines()
-    assert lines[0] == "TROUBLESHOOT LOCALLY: no upload-related incident is open"
+    assert lines[0] == "TROUBLESHOOT LOCALLY: no upload-related incident and no broad outage is open"
     assert re.fullmatch(source_line(tmp_path / "m.db"), lines[1]), lines[1]
     assert lines[2:] == CHECKLIST_LINES
 
@@ -132,7 +132,8 @@ def test_incidentio_file_processing_incident_json(tmp_path):
         run(cfg, "poll")
         code_after, after = status_json(cfg)
     assert code == 2
-    assert set(data) == {"verdict", "exit_code", "reason", "incidents", "checked_at", "pages", "checklist", "leader"}
+    assert set(data) == {"verdict", "exit_code", "reason", "incidents", "checked_at", "pages", "checklist", "leader",
+                         "scheduled", "surface"}
     assert data["verdict"] == "wait" and data["reason"] == "1 upload-related incident open (worst impact: major)"
     assert data["checklist"] == []
     (i,) = data["incidents"]

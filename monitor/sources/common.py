@@ -168,7 +168,8 @@ def notes(*, skipped: int = 0, what: str = "incidents", untitled: int = 0, rejec
 
 _STATUS_WORDS = {s: s for s in STATUSES} | {
     "fixing": "identified", "completed": "resolved", "closed": "resolved", "post-mortem": "postmortem",
-    "post_mortem": "postmortem",
+    "post_mortem": "postmortem", "in-progress": "in_progress", "maintenance_in_progress": "in_progress",
+    "maintenance_scheduled": "scheduled", "upcoming": "scheduled",
 }
 
 
@@ -179,7 +180,7 @@ def norm_status(value) -> str | None:
 
 
 _IMPACT_WORDS = {
-    "none": "none", "minor": "minor", "major": "major", "critical": "critical", "maintenance": "none",
+    "none": "none", "minor": "minor", "major": "major", "critical": "critical", "maintenance": "maintenance",
     "operational": "none", "degraded_performance": "minor", "partial_outage": "major",
     "full_outage": "critical", "major_outage": "critical",
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec, worst_impact
+from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec, parse_iso, worst_impact
 from monitor.sources import statuspage
 from monitor.sources.common import (
     Backfill, Context, Fetch, PageKind, ParseError, as_list, as_str, by_cause, canonical_url, cause,
@@ -200,7 +200,8 @@ def _proxy_incident(inc: dict, base_url: str, now: datetime, *, full: bool) -> I
         started_at=parse_time(inc.get("published_at"), now) or (min(times) if times else None),
         updated_at=parse_time(inc.get("last_update_at"), now) or (max(times) if times else None),
         resolved_at=min(resolved) if resolved else None,
-        updates=tuple(updates), components=tuple(comps.values()), full_timeline=full and bool(updates))
+        updates=tuple(updates), components=tuple(comps.values()), full_timeline=full and bool(updates),
+        scheduled_until=parse_iso(inc.get("scheduled_end_at")) or parse_iso(inc.get("ends_at")))
 
 
 def parse_proxy_incident(body: bytes, base_url: str, now: datetime | None = None) -> IncidentRec:

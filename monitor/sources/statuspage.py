@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec
+from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec, parse_iso
 from monitor.sources.common import (
     Context, PageKind, ParseError, as_list, as_str, canonical_url, html_to_text, incident_id_from_link,
     load_feed, load_json, norm_impact, norm_status, notes, now_utc, parse_time, plausible, struct_time_utc,
@@ -96,7 +96,8 @@ def parse_incidents_json(body: bytes, base_url: str, *, source: str = "api", ful
             updated_at=parse_time(inc.get("updated_at"), now, bad),
             resolved_at=parse_time(inc.get("resolved_at"), now, bad),
             updates=tuple(updates), components=_components(inc.get("components")),
-            full_timeline=full_timeline and bool(updates)))
+            full_timeline=full_timeline and bool(updates),
+            scheduled_until=parse_iso(inc.get("scheduled_until"))))
     if skipped and not recs:
         raise ParseError(f"{what}: none of its {skipped} incidents has an id (the page changed shape?)")
     extra = {"warnings": notes(skipped=skipped, untitled=untitled, rejected=bad)}
@@ -187,7 +188,9 @@ def parse_feed(body: bytes, content_type: str, base_url: str, *, now: datetime |
             started_at=updates[-1].published_at if updates else published,
             updated_at=updated,
             resolved_at=next((u.published_at for u in updates if u.status == "resolved"), None),
-            updates=tuple(updates), full_timeline=bool(updates)))
+            # the feed lists updates newest first: stored oldest first, as every source gives them, so that
+            # updates whose time is left out keep their real order
+            updates=tuple(reversed(updates)), full_timeline=bool(updates)))
     if skipped and not recs:
         raise ParseError(f"history feed: none of its {skipped} entries links to an incident (the page changed shape?)")
     warn = notes(skipped=skipped, what="entries", untitled=untitled, rejected=bad)
