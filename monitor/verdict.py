@@ -70,9 +70,10 @@ class Verdict:
 
 
 def _names(surfaces) -> str:
-    from monitor.surfaces import surface_words
+    from monitor.surfaces import SURFACES, surface_words
 
-    words = [surface_words(s) for s in surfaces]
+    order = {s: n for n, s in enumerate(SURFACES)}
+    words = [surface_words(s) for s in sorted(surfaces, key=lambda s: (order.get(s, len(order)), s))]
     text = " and ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " and " + words[-1]
     return text[:1].upper() + text[1:]
 
@@ -135,10 +136,11 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,
                        incidents, stale, scheduled)
     if stale:
         return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale, scheduled)
-    what = f"no upload-related incident and no broad outage of {_names([surface])}" if surface else \
-        "no upload-related incident and no broad outage is open"
-    return Verdict("troubleshoot-locally", OK, what if surface is None else what + " is open", incidents,
-                   scheduled=scheduled)
+    from monitor.surfaces import surface_words
+
+    what = (f"no upload-related incident and no broad outage of {surface_words(surface)} is open" if surface
+            else "no upload-related incident and no broad outage is open")
+    return Verdict("troubleshoot-locally", OK, what, incidents, scheduled=scheduled)
 
 
 def age_words(seconds: float) -> str:

@@ -161,3 +161,32 @@ def test_a_leader_whose_session_dies_knows_it(pg_url, caplog):
         leader.release()
         standby.release()
         admin.dispose()
+
+
+def test_migration_0005_fills_surfaces_for_a_store_of_0004(store_url):
+    """An existing store learns its broad outages on upgrade, from the titles and components it holds."""
+    from alembic import command
+
+    cfg = Config()
+    cfg.set_main_option("script_location", db.migrations_dir())
+    cfg.set_main_option("sqlalchemy.url", store_url.replace("%", "%%"))
+    command.upgrade(cfg, "0004")
+    eng = db.make_engine(store_url)
+    now = datetime(2024, 7, 17, 8, 30, tzinfo=timezone.utc).replace(tzinfo=None)
+    with eng.begin() as c:
+        c.execute(text("INSERT INTO pages (id, name, base_url, consecutive_failures) VALUES (1, 'openai', 'x', 0)"))
+        for iid, title in ((1, "ChatGPT outage"), (2, "Elevated error rates on text-davinci-003"),
+                           (3, "Elevated errors")):
+            c.execute(text("INSERT INTO incidents (id, page_id, page_incident_id, title, status, impact, "
+                           "first_seen_at, last_seen_at, sources, timeline_complete) VALUES "
+                           "(:id, 1, :pid, :title, 'resolved', 'major', :now, :now, 'api', :f)"),
+                      {"id": iid, "pid": f"i{iid}", "title": title, "now": now, "f": False})
+        c.execute(text("INSERT INTO incident_components (incident_id, key, name, impact) "
+                       "VALUES (3, 'c1', 'Chat Completions', 'full_outage')"))
+    command.upgrade(cfg, "head")
+    with eng.connect() as c:
+        rows = c.execute(text("SELECT incident_id, surface, rule, field, text FROM surfaces ORDER BY incident_id")).all()
+    assert [tuple(r) for r in rows] == [
+        (1, "chatgpt", "chatgpt/named", "title", "ChatGPT outage"),
+        (3, "api", "api/core-component", "component", "Chat Completions (full_outage)")]
+    eng.dispose()

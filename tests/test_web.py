@@ -38,6 +38,11 @@ HOSTILE = ('File uploads failing <b id="injected-b">bold</b> <img src=x id="inje
            '<iframe id="injected-iframe" src="javascript:alert(1)"></iframe>')
 UPLOAD_COUNT_SQL = ("select count(distinct i.id) from incidents i join tags t on t.incident_id = i.id "
                     "where t.tag in ('file-upload', 'file-expired', 'data-analysis')")
+# what the page charts: upload-related incidents and broad outages
+CHARTED_SQL = ("select count(*) from incidents i where i.id in (select incident_id from tags where tag in "
+               "('file-upload', 'file-expired', 'data-analysis')) or i.id in (select incident_id from surfaces)")
+BROAD_ONLY_SQL = ("select count(*) from incidents i where i.id in (select incident_id from surfaces) and i.id not in "
+                  "(select incident_id from tags where tag in ('file-upload', 'file-expired', 'data-analysis'))")
 
 
 def hostile_incident() -> ReplayIncident:
@@ -234,10 +239,13 @@ def test_page_metrics_and_report_follow_an_upload_incident(tmp_path, service):
         dom = Dom(browse(f"http://127.0.0.1:{port}/", dump=True))
         text = dom.all_text()
         assert "WAIT" in text and MAJOR_TITLE in text
-        (stored,) = db_rows(db, UPLOAD_COUNT_SQL)[0]
+        (stored,) = db_rows(db, CHARTED_SQL)[0]
+        (broad,) = db_rows(db, BROAD_ONLY_SQL)[0]
         marks = dom.chart_marks()
         assert len(marks) == stored >= 2, (len(marks), stored)
-        assert sum("open" in a["class"].split() for a in marks) == 2
+        # the broad outages of ChatGPT or the API (no upload wording) are drawn distinctly: ringed
+        assert sum("broad outage of" in a["aria-label"] for a in marks) == broad >= 10, broad
+        assert sum("open" in a["class"].split() for a in marks) == 2, [a["aria-label"][:90] for a in marks if "open" in a["class"].split()]
         assert_no_injection(dom)
         assert "last checked" in text and "STALE" not in text and "badge-stale" not in dom.classes()
         browse(f"http://127.0.0.1:{port}/", screenshot=ARTIFACTS / "page-1280.png")
@@ -273,7 +281,8 @@ def test_page_metrics_and_report_follow_an_upload_incident(tmp_path, service):
     assert {a["href"].split(":")[0] for t, a, _ in dom.elements if "href" in a} == {"http"}   # the replay's
     assert "url(" not in "".join(dom.style) and "@import" not in "".join(dom.style)
     dom = Dom(browse(report.as_uri(), dump=True))
-    (since_may,) = db_rows(db, UPLOAD_COUNT_SQL + " and i.started_at >= '2024-06-01'")[0]
+    (since_may,) = db_rows(db, f"select count(*) from ({CHARTED_SQL.replace('count(*)', 'i.started_at')}) "
+                               "where started_at >= '2024-06-01'")[0]
     assert len(dom.chart_marks()) == since_may < stored
     assert not [a for a in dom.chart_marks() if "open" in a["class"].split()]
     assert_no_injection(dom)
@@ -409,7 +418,7 @@ def test_chart_scales():
 
     def inc(day: int, seconds, impact="minor", is_open=False):
         return {"started": start.replace(day=day), "seconds": seconds, "duration_words": "", "impact": impact,
-                "open": is_open, "link": None, "started_words": "", "title": "t"}
+                "open": is_open, "link": None, "started_words": "", "title": "t", "broad": False, "surfaces": []}
 
     c = chart([inc(1, 60), inc(11, 60 * 60 * 24 * 30), inc(11, 5), inc(31, 10 ** 9, "critical", True),
                inc(21, 60 * 43200 ** 0.5)], [], now, None)   # sqrt(43200) minutes: halfway up the log axis

@@ -125,6 +125,8 @@ class _Facts:
     link: str | None
     duration: str | None
     probe: tuple[tuple[str, str], ...] | None = None   # the probe's early warning / all-clear: its fact lines
+    surfaces: tuple[str, ...] = ()    # the surfaces it takes down broadly (ChatGPT, the API)
+    maintenance_until: datetime | None = None   # a maintenance under way: its planned end
 
 
 def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
@@ -155,7 +157,9 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
         resolved=resolved_at if kind == "resolved" else None,
         update_status=_STATUS_WORDS.get(clean_line(upd.get("status")).lower(), clean_line(upd.get("status"))),
         update_at=update_at, update_text=cap(clean_text(upd.get("body")), max_chars),
-        link=safe_link(p.get("url")), duration=duration)
+        link=safe_link(p.get("url")), duration=duration,
+        surfaces=tuple(clean_line(x) for x in (p.get("surfaces") or []) if isinstance(x, str) and clean_line(x)),
+        maintenance_until=parse_iso(p.get("scheduled_until")) if p.get("maintenance") is True else None)
 
 
 def _probe_facts(p: dict, now: datetime | None) -> _Facts:
@@ -205,6 +209,18 @@ def _verdict(f: _Facts) -> tuple[str, str]:
     if f.kind == "resolved":
         return (f"Resolved{again} after {f.duration}." if f.duration else f"Resolved{again}."), \
             "If uploads still fail, troubleshoot locally:"
+    if f.surfaces and not f.uploads:
+        from monitor.surfaces import surface_words
+
+        names = " and ".join(surface_words(x) for x in f.surfaces)
+        verb = "are" if len(f.surfaces) > 1 else "is"
+        down = f"{verb} under maintenance" + (f" until {utc_words(f.maintenance_until)}" if f.maintenance_until
+                                              else "") if f.maintenance_until or f.impact == "maintenance" \
+            else f"{verb} down{' again' if f.again else ''}"
+        side = "OpenAI's side" if f.who == "OpenAI" else "the provider's side"
+        return f"Wait{again}:", (f"{f.who} reports that {names} {down}. File uploads fail too: this is {side}, "
+                                 "not a local problem. Retrying now will likely fail; this message will update "
+                                 "when it is resolved.")
     what = "an active incident affecting file uploads" if f.uploads else "an active incident"
     if f.again:
         what = ("an incident affecting file uploads" if f.uploads else "an incident") + \

@@ -53,12 +53,23 @@ def _zone(name: str):
         return None
 
 
-def _components(items) -> tuple[ComponentRec, ...]:
+_SEVERITY = ("under_maintenance", "degraded_performance", "partial_outage", "major_outage")
+
+
+def _components(items, updates=()) -> tuple[ComponentRec, ...]:
+    """The incident's components, each with the worst state its updates gave it (`affected_components`'
+    `new_status`; the incident's own `components` list shows the state now, not during the incident)."""
+    worst: dict[str, str] = {}
+    for u in as_list(updates):
+        for a in as_list(u.get("affected_components")) if isinstance(u, dict) else ():
+            name, state = (as_str(a.get("name")), as_str(a.get("new_status"))) if isinstance(a, dict) else ("", "")
+            if name and state in _SEVERITY and _SEVERITY.index(state) >= _SEVERITY.index(worst.get(name, state)):
+                worst[name] = state
     out = []
     for c in as_list(items):
         if isinstance(c, dict) and as_str(c.get("name")):
             key = as_str(c.get("id")) or as_str(c.get("name"))
-            out.append(ComponentRec(key=key, name=as_str(c.get("name"))))
+            out.append(ComponentRec(key=key, name=as_str(c.get("name")), impact=worst.get(as_str(c.get("name")))))
     return tuple(out)
 
 
@@ -95,7 +106,7 @@ def parse_incidents_json(body: bytes, base_url: str, *, source: str = "api", ful
             started_at=parse_time(inc.get("started_at"), now, bad) or parse_time(inc.get("created_at"), now, bad),
             updated_at=parse_time(inc.get("updated_at"), now, bad),
             resolved_at=parse_time(inc.get("resolved_at"), now, bad),
-            updates=tuple(updates), components=_components(inc.get("components")),
+            updates=tuple(updates), components=_components(inc.get("components"), inc.get("incident_updates")),
             full_timeline=full_timeline and bool(updates),
             scheduled_until=parse_iso(inc.get("scheduled_until"))))
     if skipped and not recs:

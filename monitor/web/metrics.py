@@ -68,8 +68,14 @@ class StoreCollector:
         yield InfoMetricFamily("monitor", "The monitor's version.", value={"version": __version__})
         yield GaugeMetricFamily("monitor_verdict", "The verdict as `monitor status` exits: 0 troubleshoot "
                                 "locally, 1 wait (minor), 2 wait (major), 3 unknown.", value=report.verdict.exit_code)
+        incidents = report.verdict.incidents
         yield GaugeMetricFamily("monitor_upload_incidents_open", "Upload-related incidents open on the pages.",
-                                value=len(report.verdict.incidents))
+                                value=sum(1 for i in incidents if i.get("upload", True)))
+        broad = GaugeMetricFamily("monitor_broad_outages_open",
+                                  "Open broad outages of each watched surface (uploads fail too).", labels=["surface"])
+        for surface in self.settings.known_surfaces:
+            broad.add_metric([surface], sum(1 for i in incidents if surface in i.get("broad", ())))
+        yield broad
         last = GaugeMetricFamily("monitor_last_successful_poll_timestamp_seconds",
                                  "When each page last answered a poll (Unix time).", labels=["page"])
         fresh = GaugeMetricFamily("monitor_page_fresh", "1 while the page's data is fresh enough for a verdict.",

@@ -60,11 +60,12 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
     from monitor import status
     from monitor.db import Reader
     from monitor.models import Incident, Page, Update
-    from monitor.verdict import CHECKLIST
+    from monitor.verdict import CHECKLIST, broad_words
 
     report = status.from_session(session, settings)
     now = report.now
-    rows = h.history(Reader(connection=session.connection()), since=since, upload_tags=settings.upload_tags)
+    rows = h.history(Reader(connection=session.connection()), since=since, upload_tags=settings.upload_tags,
+                     broad=True)
     seen = {(p, i): (first, watching) for p, i, first, watching in session.execute(
         select(Page.name, Incident.page_incident_id, Incident.first_seen_at, Page.first_poll_at)
         .join(Page, Page.id == Incident.page_id)
@@ -78,6 +79,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
             .order_by(Update.published_at.desc().nulls_last(), Update.id.desc()).limit(1)).first()
         open_ones.append({
             **incident_view(d, None, now), "stale": d["page"] in report.verdict.stale,
+            "broad_words": broad_words(d).partition(":")[0] if d.get("broad") and not d.get("upload", True) else "",
             "update_status": clean_line(latest[0]) if latest else "",
             "update_at": utc_words(latest[2]) if latest and latest[2] else "",
             "update_text": cap(clean_text(latest[1]), settings.notify.max_text_chars) if latest else ""})
@@ -108,6 +110,9 @@ def incident_view(r: dict, seen, now: datetime) -> dict:
         "page": r["page"], "id": r["id"], "title": cap(clean_line(r["title"]) or "(untitled incident)", TITLE_MAX),
         "link": safe_link(r["url"]), "status": clean_line(r["status"]), "impact": impact,
         "tags": [clean_line(t) for t in r["tags"]], "open": is_open, "started": started, "resolved": resolved,
+        "surfaces": [clean_line(x) for x in r.get("surfaces", ())],
+        "surfaces_down": [f"{clean_line(x)} down" for x in r.get("surfaces", ())],
+        "broad": bool(r.get("surfaces")) and not r.get("upload", bool(r["tags"])),
         "started_words": utc_words(started) if started else "unknown",
         "resolved_words": utc_words(resolved) if resolved else ("still open" if is_open else "unknown"),
         "seconds": seconds,
@@ -148,8 +153,9 @@ def chart(incidents: list[dict], probes: list[ProbeFailure], now: datetime, sinc
         seconds = i["seconds"] if i["seconds"] is not None else D_MIN
         words = i["duration_words"] or "duration unknown"
         marks.append({"x": x(i["started"]), "y": y(seconds), "shape": SHAPES[i["impact"]], "impact": i["impact"],
-                      "open": i["open"], "link": i["link"],
+                      "open": i["open"], "link": i["link"], "broad": i["broad"],
                       "label": f"{i['started_words']}: {words}, impact {i['impact']}"
+                               + (", broad outage of " + " and ".join(i["surfaces"]) if i["broad"] else "")
                                + (", still open" if i["open"] else "") + f": {i['title']}"})
     months, counts = [], {}
     for i in dated:
@@ -163,7 +169,8 @@ def chart(incidents: list[dict], probes: list[ProbeFailure], now: datetime, sinc
         n = counts.get((m.year, m.month), 0)
         h = (BAR_BOTTOM - BAR_TOP) * n / top
         months.append({"x": x(m), "w": max(round(x(min(nxt, end)) - x(m) - 1, 1), 0.5), "y": round(BAR_BOTTOM - h, 1),
-                       "h": round(h, 1), "n": n, "label": f"{m:%B %Y}: {n} upload-related incident{'s' * (n != 1)}"})
+                       "h": round(h, 1), "n": n,
+                       "label": f"{m:%B %Y}: {n} upload-related incident{'s' * (n != 1)} or broad outage{'s' * (n != 1)}"})
         if years and m.month == 1:
             ticks.append({"x": x(m), "text": f"{m:%Y}"})
         elif not years:
