@@ -1,6 +1,6 @@
 """Is "how long to wait" (monitor/estimate.py) calibrated on the real status.openai.com history?
 
-    .venv/bin/python benchmarks/estimate_eval.py           # a table, then the JSON (a few seconds)
+    .venv/bin/python benchmarks/estimate_eval.py           # a table, then the JSON (under a second)
 
 Time-ordered splits of tests/data/history/openai (Dec 2020 - Aug 2024), never peeking at the future:
   * held out: learn from the incidents that started before 2024-01-01, estimate those of 2024;
@@ -16,7 +16,8 @@ Class keys, two ways (the estimated incident's keys come only from the updates p
     and the output says so);
   * "tags+components": the same tags, and each affected component of the page ("This incident affected:
     API and ChatGPT") as "component:<name>", ChatGPT before API.
-Impact: the incident's impact as the history records it (its final one: the CSVs keep no earlier impact).
+Impact and components of the estimated incident: as the history records them, the final ones (the CSVs keep
+no earlier impact or component list), a small look ahead the monitor does not have.
 
 Figures per split and moment:
   n          incidents estimated (open at the moment, and the estimate had enough cases)
