@@ -10,12 +10,12 @@ Each incident of the estimated year is estimated at 10 minutes and at 1 hour aft
 still open then (true end = its last "resolved" update, later than that moment). The estimate learns only
 from incidents resolved before that moment. Maintenance counts neither as a case nor as an estimated incident.
 
-Class keys, two ways (the estimated incident's keys come only from the updates posted by the moment):
-  * "tags+surfaces": tags from monitor.tags.tag_incident (title, bodies, components) as "tag:<t>", and
-    surfaces from monitor.surfaces.classify as "surface:<s>" when that module exists (otherwise tags only,
-    and the output says so);
+Class keys, three ways (the estimated incident's keys come only from the updates posted by the moment):
+  * "tags+surfaces": tags from monitor.tags.tag_incident (title, bodies, components) as "tag:<t>", and the
+    broad-outage surfaces from monitor.surfaces.classify as "surface:<s>";
   * "tags+components": the same tags, and each affected component of the page ("This incident affected:
-    API and ChatGPT") as "component:<name>", ChatGPT before API.
+    API and ChatGPT") as "component:<name>", ChatGPT before API;
+  * "tags+components+surfaces": tags, components, then surfaces: what the monitor uses (estimate.keys_of).
 Impact and components of the estimated incident: as the history records them, the final ones (the CSVs keep
 no earlier impact or component list), a small look ahead the monitor does not have.
 
@@ -63,24 +63,22 @@ SPLITS = (
 )
 MIN_REMAINING_S = 60.0
 
-try:  # the lead's issue-22 work; absent on this branch
-    from monitor.surfaces import classify as _classify  # type: ignore[import-not-found]
-    SURFACES = "monitor.surfaces.classify"
-except ImportError:
-    _classify = None
-    SURFACES = "none (monitor.surfaces is not there: no surface keys)"
+from monitor.surfaces import DEFAULT_SURFACE_RULES, classify as _classify  # noqa: E402
+
+SURFACES = "monitor.surfaces.classify (built-in rules)"
 
 
 COMPONENT_ORDER = ("ChatGPT", "API", "Playground", "Labs")
 
 
 def surface_keys(title: str, bodies: list[str], components: tuple[str, ...]) -> list[str]:
-    if _classify is None:
-        return []
-    try:
-        return [f"surface:{s}" for s in _classify(title, bodies, components)]
-    except TypeError:  # another signature than guessed: say so rather than guess further
-        raise SystemExit("monitor.surfaces.classify exists but not as classify(title, bodies, components)")
+    return [f"surface:{m.tag}" for m in _classify(DEFAULT_SURFACE_RULES, title, bodies, [(c, None) for c in components])]
+
+
+def component_surface_keys(title: str, bodies: list[str], components: tuple[str, ...]) -> list[str]:
+    """The product's keys (monitor.estimate.keys_of), most specific first: after the tags, the components,
+    then the surfaces."""
+    return component_keys(title, bodies, components) + surface_keys(title, bodies, components)
 
 
 def component_keys(title: str, bodies: list[str], components: tuple[str, ...]) -> list[str]:
@@ -88,7 +86,8 @@ def component_keys(title: str, bodies: list[str], components: tuple[str, ...]) -
         COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else len(COMPONENT_ORDER), c))]
 
 
-KEY_SETS = {("tags+surfaces" if _classify else "tags only"): surface_keys, "tags+components": component_keys}
+KEY_SETS = {"tags+surfaces": surface_keys, "tags+components": component_keys,
+            "tags+components+surfaces": component_surface_keys}
 
 
 @dataclass(frozen=True)
@@ -196,12 +195,12 @@ def main() -> None:
     t0 = time.perf_counter()
     results = [r for key_set in KEY_SETS for r in run(key_set)]
     print(f"surfaces: {SURFACES}")
-    head = (f"{'keys':<16} {'split':<16} {'at':>6} {'n':>4} {'none':>5} {'p90':>6} {'median':>7} {'err':>6} "
+    head = (f"{'keys':<24} {'split':<16} {'at':>6} {'n':>4} {'none':>5} {'p90':>6} {'median':>7} {'err':>6} "
             f"{'naive err':>10} {'page err':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['keys']:<16} {r['split']:<16} {r['at']:>6} {r['n']:>4} {r['none']:>5} "
+        print(f"{r['keys']:<24} {r['split']:<16} {r['at']:>6} {r['n']:>4} {r['none']:>5} "
               f"{_pct(r['p90_coverage']):>6} {_pct(r['median_coverage']):>7} {r['log_error']:>6} "
               f"{r['naive_log_error']:>10} {r['page_log_error']:>9}")
     print(f"targets: p90 85-95 %, median 40-60 %, err < naive err   ({time.perf_counter() - t0:.1f} s)")

@@ -492,6 +492,14 @@ def bench(args) -> dict:
                           sw <= 0.5 and not any(res["status"]["polled_now"]))
         log(f"status: {sw:.2f} s ({answer['verdict']}, polled now: {res['status']['polled_now']})")
 
+        # -- 5c: `monitor status` on the 20,000-incident store while an upload incident is open: the estimate
+        # reads every resolved incident of the page (issue 23)
+        res["status_20k"] = st20 = status_big(mon, env, tmp, c_big, tmp / "big0.db", reps=3 if quick else 5)
+        rows["status_20k"] = (f"`monitor status` with an incident open, {BIG_N:,} incidents stored, process wall",
+                              f"{st20['median_s']:.2f} s", st20["estimate"] or "no estimate", None, "<= 0.5 s",
+                              st20["median_s"] <= 0.5 and st20["estimate"] is not None)
+        log(f"status on 20k with an open incident: {st20['median_s']:.2f} s, estimate {st20['estimate']}")
+
         # -- 9: backfill through the window lists, against json + sqlite3 ---------------------------------
         res["backfill"] = bf = backfill(mon, env, tmp, s_back, reps=1 if quick else 2)
         if bf.get("error"):
@@ -545,6 +553,29 @@ def bench(args) -> dict:
                      "target": t, "met": m} for k, (f, o, bl, r, t, m) in rows.items()]
     res["run"]["seconds"] = round(time.perf_counter() - t_start, 1)
     return res
+
+
+def status_big(mon, env, tmp: Path, cfg: Path, db: Path, reps: int) -> dict:
+    """`monitor status` on the big store, fresh (one unchanged poll first), with its newest incident made an open
+    upload incident 10 minutes old, so that the answer waits and estimates from 20,000 resolved incidents."""
+    run_proc(mon + ["--config", str(cfg), "poll"], env, tmp, check=False)
+    now = datetime.utcnow()
+    con = sqlite3.connect(db)
+    with con:
+        (iid,) = con.execute("SELECT id FROM incidents ORDER BY started_at DESC LIMIT 1").fetchone()
+        con.execute("UPDATE incidents SET status = 'investigating', resolved_at = NULL, started_at = ? WHERE id = ?",
+                    ((now - timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S.000000"), iid))
+        con.execute("INSERT OR IGNORE INTO tags (incident_id, tag, rule, field, text) "
+                    "VALUES (?, 'file-upload', 'bench', 'title', 'bench')", (iid,))
+        con.execute("UPDATE pages SET last_success_at = ?, consecutive_failures = 0",
+                    (now.strftime("%Y-%m-%d %H:%M:%S.000000"),))
+    con.close()
+    cmd = mon + ["--config", str(cfg), "status"]
+    answer = json.loads(run_proc(cmd + ["--json"], env, tmp, keep_stdout=True, check=False).stdout())
+    runs = [run_proc(cmd, env, tmp, check=False) for _ in range(reps)]
+    est = next((i.get("expected_resolution") for i in answer["incidents"] if i.get("expected_resolution")), None)
+    return {"wall_s": [round(p.wall, 3) for p in runs], "median_s": median([p.wall for p in runs]),
+            "verdict": answer["verdict"], "estimate": f"{est['cases']} {est['class']}" if est else None}
 
 
 def memory(env, tmp: Path, srv: Server, n: int) -> dict:

@@ -220,3 +220,18 @@ def sentence(est: Estimate | NoEstimate) -> str:
     return (f"Similar incidents ({est.cases} {est.class_label} since {est.since:%Y-%m}): "
             f"half were over within {duration_words(est.median_s)} more, "
             f"9 in 10 within {duration_words(est.p90_s)}.")
+
+
+# Components of the 2020-24 history name the product; most specific first when an incident lists several.
+_COMPONENT_ORDER = ("ChatGPT", "API", "Playground", "Labs")
+
+
+def keys_of(tags: Iterable[str], surfaces: Iterable[str], components: Iterable[str]) -> list[str]:
+    """An incident's class keys, most specific first, in the order benchmarks/estimate_eval.py calibrates:
+    its tags, its components, then the surfaces it takes down broadly. (Components before surfaces: on the
+    validation year both orders meet the targets, this one slightly better, 44.4 % against 43.8 % median
+    coverage at 10 min with the same error.)"""
+    comps = sorted(set(c for c in components if c), key=lambda c: (
+        _COMPONENT_ORDER.index(c) if c in _COMPONENT_ORDER else len(_COMPONENT_ORDER), c))
+    return ([f"tag:{t}" for t in sorted(set(tags))] + [f"component:{c}" for c in comps]
+            + [f"surface:{s}" for s in sorted(set(surfaces))])

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from monitor.db import Reader, in_list
-from monitor.records import iso_z as _iso
+from monitor.records import iso_z as _iso, parse_iso
 from monitor.tags import UPLOAD_TAGS
 
 if TYPE_CHECKING:  # the ORM is imported only by the commands that show one incident or the outbox
@@ -234,3 +234,52 @@ def probe_health(reader: Reader, settings):
     return ProbeHealth(ps.interval, ps.failures_to_warn, last_at=reader.time(finished), last_outcome=outcome,
                        failure_class=failure_class, detail=detail, consecutive_failures=consecutive or 0,
                        since=reader.time(since))
+
+
+def estimate_cases(reader: Reader, page: str, keys: set[str]):
+    """The page's resolved incidents as estimate.Case (maintenance left out), each with those of `keys`
+    ("tag:x", "surface:y", "component:z") it has: only the keys asked about are read, so a store of 20,000
+    incidents costs three small queries and one pass."""
+    from monitor.estimate import Case
+
+    wanted: dict[str, list[str]] = {"tag": [], "surface": [], "component": []}
+    for k in keys:
+        kind, _, name = k.partition(":")
+        if kind in wanted and name:
+            wanted[kind].append(name)
+    base = ("FROM incidents i JOIN pages p ON p.id = i.page_id WHERE p.name = :page AND i.resolved_at IS NOT NULL "
+            "AND i.status IN ('resolved', 'postmortem') AND i.impact <> 'maintenance'")
+    by_id: dict[int, set[str]] = {}
+    with reader:
+        rows = reader.rows(f"SELECT i.id, i.started_at, i.resolved_at, i.impact {base}", {"page": page})
+        for kind, table, column in (("tag", "tags", "tag"), ("surface", "surfaces", "surface"),
+                                    ("component", "incident_components", "name")):
+            if not wanted[kind]:
+                continue
+            names, params = in_list("k", wanted[kind])
+            for iid, name in reader.rows(f"SELECT x.incident_id, x.{column} FROM {table} x WHERE x.{column} IN "
+                                         f"{names} AND x.incident_id IN (SELECT i.id {base})",
+                                         {**params, "page": page}):
+                by_id.setdefault(iid, set()).add(f"{kind}:{name}")
+    time = reader.time
+    return [Case(time(started), time(resolved), impact or "none", frozenset(by_id.get(iid, ())))
+            for iid, started, resolved, impact in rows if started is not None]
+
+
+def add_estimates(reader: Reader, incidents, now: datetime, probe=None) -> None:
+    """Each open incident's `expected_resolution` (the JSON contract: median_at, p90_at, cases, class, or
+    None) and `estimate` (the sentence), from its page's resolved incidents (monitor.estimate); with a
+    failing probe, the probe's, as an upload incident of the first page."""
+    from monitor.estimate import estimate, keys_of, sentence, to_json
+
+    wanted: dict[str, list[tuple[dict, list[str]]]] = {}
+    for i in incidents:
+        keys = keys_of(i.get("tags", ()), i.get("surfaces", ()), i.get("components", ()))
+        wanted.setdefault(i["page"], []).append((i, keys))
+    for page, items in wanted.items():
+        cases = estimate_cases(reader, page, {k for _, keys in items for k in keys})
+        for i, keys in items:
+            started = parse_iso(i.get("started_at"))
+            est = estimate(cases, keys=keys, impact=i.get("impact"), started_at=started or now, now=now,
+                           page_label=page)
+            i["expected_resolution"], i["estimate"] = to_json(est), sentence(est)

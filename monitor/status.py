@@ -19,6 +19,7 @@ class Report:
     probe: object = None                             # verdict.ProbeHealth, None without [probe]
     leader: dict | None = None           # db.current_leader(): who polls and delivers, and its last poll
     surface: str | None = None           # the one surface asked about (`status --surface`), else None
+    probe_estimate: dict | None = None   # with the probe failing and no incident: how long such waits went on
 
 
 class StatusFailure(Exception):
@@ -48,7 +49,17 @@ def _decide(settings, reader, surface: str | None = None) -> Report:
     probe = h.probe_health(reader, settings)
     leader = db.current_leader(reader)
     now = datetime.now(timezone.utc)
-    return Report(decide(incidents, health, now, probe, surface), health, [], now, probe, leader, surface)
+    verdict = decide(incidents, health, now, probe, surface)
+    probe_estimate = None
+    if verdict.verdict == "wait" and verdict.incidents:   # how long similar incidents went on (monitor.estimate)
+        h.add_estimates(reader, verdict.incidents, now)
+    elif verdict.verdict == "wait" and probe is not None and probe.since:   # the probe's early warning: as an
+        from monitor.records import iso_z                                  # upload incident of the first page
+
+        probe_estimate = {"page": settings.pages[0].name, "tags": ["file-upload"], "impact": None,
+                          "started_at": iso_z(probe.since)}
+        h.add_estimates(reader, [probe_estimate], now)
+    return Report(verdict, health, [], now, probe, leader, surface, probe_estimate)
 
 
 def gather(settings_factory, reader_factory, rules_factory, surface: str | None = None) -> Report:
@@ -124,6 +135,7 @@ def to_json(r: Report) -> dict:
            "leader": r.leader}
     if r.probe is not None:     # only with [probe] configured
         out["probe"] = _probe_json(r.probe, now)
+        out["probe"]["expected_resolution"] = r.probe_estimate["expected_resolution"] if r.probe_estimate else None
     return out
 
 
@@ -161,6 +173,11 @@ def to_text(r: Report, checklist: bool = True) -> str:
     v, now = r.verdict, r.now
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}
     lines = [f"{WORDS[v.verdict]}: {v.reason}"]
+    estimates = [i for i in v.incidents if i.get("estimate")]
+    for i in estimates:   # how long similar incidents went on, right under the reason
+        lines.append(i["estimate"] if len(estimates) == 1 else f"{i['title']}: {i['estimate']}")
+    if r.probe_estimate:
+        lines.append(r.probe_estimate["estimate"])
     for i in v.incidents:
         lines.append(f"  - {i['title']}")
         lines.append(f"    {i['status']}, impact {i['impact']}, since {short_iso(i['started_at'])} UTC"

@@ -236,10 +236,27 @@ def payload(state: IncidentState, event: str, tags: set[str], page_name: str,
 def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
           now: datetime, *, upload_tags: Sequence[str] = UPLOAD_TAGS, surfaces: frozenset[str] = frozenset()) -> int:
     """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
+    def body() -> dict:
+        p = payload(ch.state, ch.event, tags, page_name, upload_tags, surfaces)
+        if ch.event in ("opened", "updated") and ch.state.is_open:     # how long similar incidents went on
+            p["estimate"], p["expected_resolution"] = _estimate(session, page_name, ch.state, tags, surfaces, now)
+        return p
+
     return queue_message(session, incident_id=incident_id, key=f"{page_name}:{ch.dedupe_key}", event=ch.event,
                          tags=tags, impact=ch.state.impact, notifiers=notifiers, now=now, upload_tags=upload_tags,
-                         surfaces=surfaces,
-                         body=lambda: payload(ch.state, ch.event, tags, page_name, upload_tags, surfaces))
+                         surfaces=surfaces, body=body)
+
+
+def _estimate(session: Session, page_name: str, state: IncidentState, tags: set[str], surfaces: frozenset[str],
+              now: datetime) -> tuple[str, dict | None]:
+    """The estimate's sentence and JSON for a message, from the page's resolved incidents in this transaction."""
+    from monitor.db import Reader
+    from monitor.history import add_estimates
+
+    d = {"page": page_name, "tags": sorted(tags), "surfaces": sorted(surfaces), "impact": state.impact,
+         "components": [c.name for c in state.components if c.name], "started_at": _iso(state.started_at)}
+    add_estimates(Reader(connection=session.connection()), [d], now)
+    return d["estimate"], d["expected_resolution"]
 
 
 def queue_message(session: Session, *, incident_id: int | None, key: str, event: str, tags: set[str], impact: str,

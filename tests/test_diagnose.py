@@ -215,7 +215,8 @@ def test_major_incident_open_means_wait_whatever_the_file_exit_2(tmp_path, sp):
     r = diagnose(cfg, big, "--error", "Something went wrong")
     assert r.exit_code == 2, r.output
     lines = r.stdout.splitlines()
-    assert lines[:2] == ["WAIT: 1 upload-related incident open (worst impact: major)",
+    assert lines[:3] == ["WAIT: 1 upload-related incident open (worst impact: major)",
+                         "No estimate: no comparable incident lasted this long.",
                          "  - File uploads returning error messages"]
     assert "An upload incident is open: wait for it to end, whatever the files or error below say." in lines
     r = diagnose(cfg, big, "--json")

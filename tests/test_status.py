@@ -91,14 +91,16 @@ def test_minor_incident_open_exit_1_then_resolved_exit_0(tmp_path, sp):
     run(cfg, "poll")
     r = status(cfg)
     assert r.exit_code == 1, r.output
-    assert r.stdout.splitlines()[:4] == [
+    assert r.stdout.splitlines()[:5] == [
         "WAIT: 1 upload-related incident open (worst impact: minor)",
+        # the replayed incident began in 2024: by the monitor's clock it has lasted longer than any before it
+        "No estimate: no comparable incident lasted this long.",
         "  - Elevated errors uploading files in ChatGPT",
         "    investigating, impact minor, since 2024-05-08 00:39 UTC",
         f"    {sp.base_url}/incidents/{MINOR}",
     ]
-    assert re.fullmatch(source_line(tmp_path / "m.db"), r.stdout.splitlines()[4])
-    assert len(r.stdout.splitlines()) == 5       # no checklist while waiting
+    assert re.fullmatch(source_line(tmp_path / "m.db"), r.stdout.splitlines()[5])
+    assert len(r.stdout.splitlines()) == 6       # no checklist while waiting
     sp.now = "2024-05-08T17:00:00Z"               # resolved at 16:37
     run(cfg, "poll")
     r = status(cfg)
@@ -110,8 +112,9 @@ def test_major_incident_open_exit_2_then_resolved_exit_0(tmp_path, sp):
     cfg = write_config(tmp_path, {"openai": sp.base_url})
     r = status(cfg)                               # never polled: polls first
     assert r.exit_code == 2, r.output
-    assert r.stdout.splitlines()[:3] == [
+    assert r.stdout.splitlines()[:4] == [
         "WAIT: 1 upload-related incident open (worst impact: major)",
+        "No estimate: no comparable incident lasted this long.",
         "  - File uploads returning error messages",
         "    investigating, impact major, since 2024-08-19 18:51 UTC",
     ]

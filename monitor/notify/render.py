@@ -126,6 +126,7 @@ class _Facts:
     duration: str | None
     probe: tuple[tuple[str, str], ...] | None = None   # the probe's early warning / all-clear: its fact lines
     surfaces: tuple[str, ...] = ()    # the surfaces it takes down broadly (ChatGPT, the API)
+    estimate: str = ""                # how long similar incidents went on (one sentence), for a wait
     maintenance_until: datetime | None = None   # a maintenance under way: its planned end
 
 
@@ -159,7 +160,8 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
         update_at=update_at, update_text=cap(clean_text(upd.get("body")), max_chars),
         link=safe_link(p.get("url")), duration=duration,
         surfaces=tuple(clean_line(x) for x in (p.get("surfaces") or []) if isinstance(x, str) and clean_line(x)),
-        maintenance_until=parse_iso(p.get("scheduled_until")) if p.get("maintenance") is True else None)
+        maintenance_until=parse_iso(p.get("scheduled_until")) if p.get("maintenance") is True else None,
+        estimate=cap(clean_line(p.get("estimate")), 400) if kind == "wait" else "")
 
 
 def _probe_facts(p: dict, now: datetime | None) -> _Facts:
@@ -258,6 +260,8 @@ def _text(f: _Facts) -> str:
     block = [f"{first} {rest}".strip()]
     if f.kind == "resolved":
         block += [f"{n}. {item}" for n, item in enumerate(CHECKLIST, 1)]
+    if f.estimate:
+        block.append(f.estimate)
     parts.append("\n".join(block))
     parts.append("\n".join(f"{k}: {v}" for k, v in _fact_lines(f)))
     if f.update_text:
@@ -274,6 +278,8 @@ def _slack(f: _Facts) -> str:
     block = [f"*{first}* {e(rest)}".rstrip()]
     if f.kind == "resolved":
         block += [f"{n}. {e(item)}" for n, item in enumerate(CHECKLIST, 1)]
+    if f.estimate:
+        block.append(e(f.estimate))
     parts.append("\n".join(block))
     parts.append("\n".join(f"*{k}:* {e(v)}" for k, v in _fact_lines(f)))
     if f.update_text:
@@ -290,6 +296,8 @@ def _html_body(f: _Facts) -> str:
     first, rest = _verdict(f)
     parts = [f"<p>{e(_TEST_INTRO)}</p>"] if f.kind == "test" else []
     parts.append(f"<p><strong>{e(first)}</strong> {e(rest)}</p>")
+    if f.estimate:
+        parts.append(f"<p>{e(f.estimate)}</p>")
     if f.kind == "resolved":
         parts.append("<ol>" + "".join(f"<li>{e(item)}</li>" for item in CHECKLIST) + "</ol>")
     parts.append("<p>" + "<br>".join(f"<strong>{e(k)}:</strong> {e(v)}" for k, v in _fact_lines(f)) + "</p>")

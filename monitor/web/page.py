@@ -89,6 +89,8 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
         "now": now, "now_words": utc_words(now), "since": since,
         "words": status.WORDS, "verdict": v.verdict, "reason": v.reason, "exit_code": v.exit_code,
         "checklist": CHECKLIST if v.verdict == "troubleshoot-locally" else (),
+        "estimates": [(i["estimate"] if len(v.incidents) == 1 else f"{i['title']}: {i['estimate']}")
+                      for i in v.incidents if i.get("estimate")],
         "open": open_ones, "incidents": incidents,
         "pages": [_freshness(p, now) for p in report.health],
         "chart": chart(incidents, probes, now, since),
