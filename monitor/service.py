@@ -161,6 +161,7 @@ class Service:
         self.standby_logged = False
         self.took_over = ""
         self.prober = None
+        self.polled: set[str] = set()   # pages this process has polled: the first poll ignores an old back-off
 
     # -- jobs ------------------------------------------------------------------------------------------
 
@@ -176,7 +177,9 @@ class Service:
             if not self.leading:      # standing by: the leader polls
                 return
             ps = self.settings.page(name)
-            result = await poll_page(self.settings, ps, self.engine, self.http, self.rules)
+            result = await poll_page(self.settings, ps, self.engine, self.http, self.rules,
+                                     ignore_backoff=name not in self.polled)
+            self.polled.add(name)
             if self.web:
                 self.web.counts.observe(result)
             at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
