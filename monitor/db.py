@@ -43,6 +43,19 @@ PROCESS_TOKEN = uuid.uuid4().hex
 SQLITE_FILE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 
 
+MIN_SQLITE = (3, 35)   # UPDATE ... RETURNING (outbox claims, failure counts)
+
+
+def check_sqlite_version() -> None:
+    """ValueError when the SQLite library Python uses is older than MIN_SQLITE."""
+    import sqlite3
+
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ValueError(f"SQLite {sqlite3.sqlite_version} is too old: the monitor needs "
+                         f"{'.'.join(map(str, MIN_SQLITE))} or newer (UPDATE ... RETURNING); "
+                         "use a newer Python build or PostgreSQL")
+
+
 class StoreError(Exception):
     """The store cannot be opened, migrated or written (one-line message)."""
 
