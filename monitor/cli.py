@@ -321,6 +321,7 @@ def run(c: Ctx):
         settings = c.settings
         url = settings.database_url()
         where = db.sqlite_path(url)
+        service.one_line_logs()
         log.info("store: %s", f"{os.path.abspath(where)} (SQLite)" if where else db.safe_url(url))
         if settings.probe:
             settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe

@@ -202,11 +202,13 @@ class LeaderLock:
         self.url = url
         self._conn = None      # PostgreSQL: the connection holding the lock
         self._fd: int | None = None   # SQLite: the locked file
+        self._inode: tuple[int, int] | None = None   # SQLite: (device, inode) of the locked file
+        self._reported: str | None = None   # the last lock-file error logged (logged once, not every interval)
         self.leading = False
 
     def hold(self) -> bool:
         """Keep or take the lock; returns whether this process leads now. Losing it (the database restarted,
-        the connection dropped) is logged once and answered False."""
+        the connection dropped, the lock file removed or replaced) is logged once and answered False."""
         try:
             self.leading = self._check() if self.leading else self._take()
         except Exception as exc:   # any database or OS error: not leading, try again next time
@@ -218,16 +220,7 @@ class LeaderLock:
     def _take(self) -> bool:
         path = sqlite_path(self.url)
         if path is not None:
-            import fcntl
-
-            fd = os.open(path + ".leader", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            self._fd = fd
-            return True
+            return self._take_file(path + ".leader")
         if not self.url.startswith("postgresql"):
             return True         # an in-memory SQLite store belongs to this process alone
         from sqlalchemy import create_engine, text
@@ -242,10 +235,49 @@ class LeaderLock:
         eng.dispose()
         return False
 
+    def _take_file(self, lock_path: str) -> bool:
+        """flock the lock file, opened read-only (flock needs no write access; a file another user created
+        will do as long as we may read it), created 0644 when missing."""
+        import fcntl
+
+        try:
+            try:
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    os.fchmod(fd, 0o644)   # whatever the umask: any user of the store may lock it
+                except OSError:
+                    pass
+        except OSError as exc:
+            self._report(lock_path, exc)
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:       # held elsewhere: another process leads
+            os.close(fd)
+            return False
+        except OSError as exc:
+            os.close(fd)
+            self._report(lock_path, exc)
+            return False
+        st = os.fstat(fd)
+        self._fd, self._inode, self._reported = fd, (st.st_dev, st.st_ino), None
+        return True
+
+    def _report(self, lock_path: str, exc: OSError) -> None:
+        """An error other than "held elsewhere": nobody may be leading. Logged as an error with the fix."""
+        message = (f"cannot use the leader lock file {lock_path}: {exc.strerror or exc}; this process cannot "
+                   f"lead (poll or deliver): let this user read it (chmod 644 {lock_path}), or remove it while "
+                   "no monitor runs")
+        if message != self._reported:
+            log.error("%s", message)
+            self._reported = message
+
     @property
     def held_locally(self) -> bool:
         """Held, and nothing to ask anyone to keep it (a file lock, or a store of this process alone): then
-        `hold()` answers at once, without I/O."""
+        `hold()` answers at once, without a thread (a file lock costs one stat())."""
         return self.leading and self._conn is None
 
     def _check(self) -> bool:
@@ -253,13 +285,23 @@ class LeaderLock:
             from sqlalchemy import text
 
             self._conn.execute(text("SELECT 1"))   # raises when the connection (and so the lock) is gone
+        elif self._fd is not None:   # the path must still name the file we locked, or another process leads too
+            lock_path = sqlite_path(self.url) + ".leader"
+            try:
+                st = os.stat(lock_path)
+                same = (st.st_dev, st.st_ino) == self._inode
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise OSError(f"{lock_path} was removed or replaced while this process held it; stepping down "
+                              "(a process that locks the new file leads)")
         return True
 
     def release(self) -> None:
         self.leading = False
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+            self._fd, self._inode = None, None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:

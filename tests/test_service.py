@@ -280,7 +280,8 @@ def test_abstract_socket_sigint_failing_page_and_journal_priorities(tmp_path, se
             sd.close()
     assert rc == 0 and took < 5, (rc, took, m.stderr)
     assert_clean_log(m.stderr)
-    assert m.stderr.startswith("<6>INFO monitor.service: running: openai every 1 s; messages to the log")
+    assert m.stderr.startswith(f"<6>INFO monitor: store: {tmp_path / 'm.db'} (SQLite)\n"
+                               "<6>INFO monitor.service: running: openai every 1 s; messages to the log")
     assert not re.search(r"^(?!<\d>)", m.stderr, re.M)               # every line has its priority
     assert re.search(r"^<4>WARNING monitor\.service: poll openai: failed: .*HTTP 500", m.stderr, re.M)
     assert "<6>INFO monitor.service: received SIGINT, stopping" in m.stderr
