@@ -1,0 +1,150 @@
+"""Issue 25, "robustness round 3": what one header, a lock file, a busy store or a second poller can do.
+Real `monitor` processes, the replay server over real HTTP, real SQLite files and a real PostgreSQL."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from helpers import db_rows, store_rows
+from replay import INCIDENT_FILE_PROCESSING, IncidentIoPage, ReplayServer, incidentio_incidents
+from test_service import config, monitor_command, service  # noqa: F401 - `service` is a fixture
+
+MONITOR = str(Path(sys.executable).with_name("monitor"))
+PY = sys.executable
+INC = next(i for i in incidentio_incidents() if i.id == INCIDENT_FILE_PROCESSING)
+OPEN = INC.updates[0].posted + timedelta(minutes=5)      # the upload incident is open
+
+
+def need_root() -> None:
+    """Tests that switch to an unprivileged user (runuser) need root; under CI=true they never skip."""
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root with runuser: the read-only user tests must run")
+        pytest.skip("needs root and runuser to run commands as an unprivileged user")
+
+
+def _others_can_run(path: str) -> bool:
+    """Every directory on the way is searchable, and the file executable, by a user of no group of ours."""
+    p = Path(os.path.realpath(path))
+    return all(d.stat().st_mode & stat.S_IXOTH for d in [p, *p.parents])
+
+
+def nobody_python() -> str:
+    """An interpreter of our Python version that `nobody` may run: ours (a pyenv build under /root is not
+    reachable) or the system's."""
+    if _others_can_run(sys.executable):
+        return sys.executable
+    system = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+    if os.path.exists(system) and _others_can_run(system):
+        return system
+    pytest.fail(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that the user nobody may run")
+
+
+SITE = sysconfig.get_paths()["purelib"]
+BOOT = f"import site, sys; site.addsitedir({SITE!r})\n"
+
+
+def as_nobody(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Python `code` run as the user nobody, with this venv's packages (the editable install of this tree)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    return subprocess.run([shutil.which("runuser"), "-u", "nobody", "--", nobody_python(), "-c", BOOT + code, *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+
+
+def monitor_as_nobody(*args: str) -> subprocess.CompletedProcess:
+    """The real `monitor` CLI (monitor.cli.main, what the console script runs) as the user nobody."""
+    return as_nobody("from monitor.cli import main\nsys.argv[0] = 'monitor'\nmain()\n", *args)
+
+
+@contextmanager
+def public_dir():
+    """A root-owned 0755 directory in /tmp (pytest's tmp_path is 0700: nobody could not even reach it)."""
+    d = Path(tempfile.mkdtemp(prefix="osm-r3-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ 2. the leader lock
+
+def test_a_replaced_lock_file_never_gives_two_leaders(tmp_path, service):  # noqa: F811
+    """The lock file removed while the service holds its flock (a clean-up, tmpfiles): a second `monitor run`
+    creates a new file and leads, and the first notices at its next check and stands by. Before, both led."""
+    with ReplayServer(IncidentIoPage(incidentio_incidents()), now=OPEN) as srv:
+        cfg = config(tmp_path, srv.base_url)
+        a = service(cfg)
+        a.wait_log(r"running: .*; leading$")
+        os.remove(tmp_path / "m.db.leader")
+        b = service(cfg)
+        b.wait_log(r"running: .*; leading$")
+        a.wait_log(rf"^WARNING monitor\.db: lost the leader lock: {tmp_path}/m\.db\.leader was removed or replaced "
+                   r"while this process held it; stepping down \(a process that locks the new file leads\)$")
+        stepped = a.wait_log(r"^WARNING monitor\.service: no longer the leader: standing by$")
+        b.wait_log(r"poll openai: ok")
+        time.sleep(2.5)                 # two poll intervals: only b polls
+        with a.cond:
+            late = [line for t, line in a.err if t > stepped + 0.5 and "poll openai:" in line]
+        with b.cond:
+            polled_b = [line for t, line in b.err if t > stepped + 0.5 and "poll openai:" in line]
+        assert late == [] and polled_b, (a.stderr, b.stderr)
+        assert a.stop()[0] == 0 and b.stop()[0] == 0
+
+
+def test_a_lock_file_this_user_cannot_read_is_an_error_naming_it(tmp_path):
+    """A lock file left 0600 by root: the service user cannot lead, and says so as an ERROR with the path and
+    the fix (it used to read as "another process leads", and nobody polled). A lock file root creates now is
+    0644 whatever the umask, and the service user can flock it read-only."""
+    need_root()
+    hold = ("import logging, sys\nlogging.basicConfig(format='%(levelname)s %(name)s: %(message)s')\n"
+            "from monitor.db import LeaderLock\nprint(LeaderLock(sys.argv[1]).hold())\n")
+    with public_dir() as d:
+        lock = d / "m.db.leader"
+        lock.touch(mode=0o600)
+        lock.chmod(0o600)
+        r = as_nobody(hold, f"sqlite:///{d}/m.db")
+        assert (r.stdout, r.stderr) == ("False\n", (
+            f"ERROR monitor.db: cannot use the leader lock file {lock}: Permission denied; this process cannot lead "
+            f"(poll or deliver): let this user read it (chmod 644 {lock}), or remove it while no monitor runs\n"))
+        lock.unlink()
+        old = os.umask(0o077)               # as a root shell with a strict umask runs `monitor poll`
+        try:
+            r = subprocess.run([PY, "-c", hold, f"sqlite:///{d}/m.db"], capture_output=True, text=True, timeout=60)
+        finally:
+            os.umask(old)
+        assert r.stdout == "True\n" and stat.S_IMODE(lock.stat().st_mode) == 0o644, (r, oct(lock.stat().st_mode))
+        r = as_nobody(hold, f"sqlite:///{d}/m.db")
+        assert (r.stdout, r.stderr) == ("True\n", "")
+
+
+# --------------------------------------------------------------------- 6. the leader row after a failed start
+
+def test_a_start_up_error_leaves_no_leader_row(tmp_path):
+    """`monitor run` that took the lead and then cannot listen on its [http] port exits 1 with one line, and
+    `monitor status` names no leader that is gone."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(tmp_path, "http://127.0.0.1:9", extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        out = subprocess.run([*monitor_command(), "--config", str(cfg), "run"], capture_output=True, text=True,
+                             timeout=60)
+    assert (out.returncode, out.stderr.splitlines()[-1]) == (
+        1, f"Error: {cfg}: http.listen: cannot listen on 127.0.0.1:{port}: Address already in use"), out.stderr
+    assert db_rows(tmp_path / "m.db", "select count(*) from leader") == [(0,)]
