@@ -148,3 +148,83 @@ def test_a_start_up_error_leaves_no_leader_row(tmp_path):
     assert (out.returncode, out.stderr.splitlines()[-1]) == (
         1, f"Error: {cfg}: http.listen: cannot listen on 127.0.0.1:{port}: Address already in use"), out.stderr
     assert db_rows(tmp_path / "m.db", "select count(*) from leader") == [(0,)]
+
+
+# ------------------------------------------------------------------------- 6. the outbox's last write is fenced
+
+DELIVER = ("import logging, sys\nlogging.basicConfig(format='%(levelname)s %(name)s: %(message)s', level='INFO')\n"
+           "from monitor.config import NotifierSettings, Settings\nfrom monitor.db import make_engine\n"
+           "from monitor.notify.deliver import deliver_due\n"
+           "st = Settings(notifiers=(NotifierSettings(name='hook', url=sys.argv[2]),))\n"
+           "r = deliver_due(st, make_engine(sys.argv[1]))\nprint(r.sent, r.failed, r.gave_up)\n")
+
+
+class HeldHook:
+    """A json:// endpoint that holds each POST until released, then answers 500."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.got, self.release = threading.Event(), threading.Event()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hook.got.set()
+                hook.release.wait(30)
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/hook?rto=30"
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_sender_that_lost_its_lease_does_not_overwrite_the_new_holders_outcome(store_url):
+    """Process A claims a message and its channel hangs past the lease; process B claims it and sends it. A's
+    late failure (of a message days old: it would give up) must not mark B's sent message failed."""
+    from notify_servers import HTTPServer
+    from test_notify_delivery import T0, queue
+
+    from monitor.db import make_engine, transaction, upgrade
+    from monitor.models import Outbox
+
+    engine = make_engine(store_url)
+    upgrade(store_url, engine)
+    row = queue(engine, "hook")                         # created in 2024: any failure now gives up
+    held = HeldHook()
+    try:
+        with HTTPServer() as good:
+            a = subprocess.Popen([PY, "-c", DELIVER, store_url, held.url], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            assert held.got.wait(30), a.communicate()
+            # the lease runs out (as LEASE_SECONDS later) while A's send still hangs
+            with transaction(engine) as s:
+                s.get(Outbox, row).next_attempt_at = T0
+            b = subprocess.run([PY, "-c", DELIVER, store_url, good.url()], capture_output=True, text=True,
+                               timeout=60)
+            assert (b.returncode, b.stdout) == (0, "1 0 0\n"), b.stderr
+            held.release.set()
+            out, err = a.communicate(timeout=60)
+    finally:
+        held.close()
+    assert a.returncode == 0 and out == "0 0 0\n", (out, err)
+    assert ("WARNING monitor.notify: not recording the failed attempt of opened for openai/vn8j63zg56hz "
+            "('Elevated errors uploading files in ChatGPT') via hook: this process no longer holds the row's "
+            "lease (another sender took it over)") in err.splitlines(), err
+    state = store_rows(store_url, "select state, attempts, last_error from outbox where id = :i", i=row)
+    assert state == [("sent", 1, None)], state
+    engine.dispose()
