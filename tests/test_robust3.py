@@ -228,3 +228,43 @@ def test_a_sender_that_lost_its_lease_does_not_overwrite_the_new_holders_outcome
     state = store_rows(store_url, "select state, attempts, last_error from outbox where id = :i", i=row)
     assert state == [("sent", 1, None)], state
     engine.dispose()
+
+
+# ------------------------------------------------------------------ 4. two pollers of one page on PostgreSQL
+
+def test_two_polls_of_one_page_on_postgresql_never_fail_nor_duplicate(tmp_path, pg_url):
+    """Two `monitor poll` processes that see the same new incident at the same time (a hand-run poll beside
+    the leader). A transaction of the test holds the page's row until both are in their write, then lets
+    go: the second waits for the first and then sees its rows. Before, both inserted the incident and the
+    second failed with a duplicate key."""
+    import psycopg
+
+    from helpers import write_config
+
+    with ReplayServer(IncidentIoPage(incidentio_incidents()), now=INC.updates[0].posted - timedelta(hours=1)) as srv:
+        cfg = write_config(tmp_path, {"openai": srv.base_url}, url=pg_url, history_days=0)
+        first = subprocess.run([MONITOR, "--config", str(cfg), "poll"], capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        srv.now = OPEN                                  # the upload incident appears
+        dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as gate, psycopg.connect(dsn, autocommit=True) as watch:
+            gate.execute("select id from pages where name = 'openai' for update")
+            polls = [subprocess.Popen([MONITOR, "--config", str(cfg), "poll"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            end = time.monotonic() + 30
+            while time.monotonic() < end:               # both polls wait on a lock (the page row, or a key)
+                n = watch.execute("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                                  "and datname = current_database()").fetchone()[0]
+                if n >= 2:
+                    break
+                time.sleep(0.05)
+            assert n >= 2, [p.poll() for p in polls]
+            gate.rollback()
+            outs = [p.communicate(timeout=60) + (p.returncode,) for p in polls]
+    for out, err, rc in outs:
+        assert rc == 0 and "Traceback" not in err and "duplicate key" not in err, (out, err)
+        assert out.startswith("openai: ok"), out
+    assert store_rows(pg_url, "select count(*) from incidents where page_incident_id = :i",
+                      i=INCIDENT_FILE_PROCESSING) == [(1,)]
+    keys = store_rows(pg_url, "select dedupe_key, notifier, count(*) from outbox group by dedupe_key, notifier")
+    assert keys and all(n == 1 for _, _, n in keys), keys
