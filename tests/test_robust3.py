@@ -268,3 +268,36 @@ def test_two_polls_of_one_page_on_postgresql_never_fail_nor_duplicate(tmp_path, 
                       i=INCIDENT_FILE_PROCESSING) == [(1,)]
     keys = store_rows(pg_url, "select dedupe_key, notifier, count(*) from outbox group by dedupe_key, notifier")
     assert keys and all(n == 1 for _, _, n in keys), keys
+
+
+# ------------------------------------------------------------------------ 3. a busy store never stalls the loop
+
+def test_healthz_answers_at_once_while_another_process_holds_the_write_lock(tmp_path, service):  # noqa: F811
+    """Another process holds SQLite's write lock for 8 s while the service keeps polling (every 1 s): the
+    polls wait for the store in worker threads, and /healthz keeps answering within a fraction of a second.
+    Before, the poll's store work ran on the event loop and /healthz took up to 8 s."""
+    from test_web import free_port, request, wait_until
+
+    port = free_port()
+    with ReplayServer(IncidentIoPage(incidentio_incidents()), now=OPEN) as srv:
+        cfg = config(tmp_path, srv.base_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        m = service(cfg)
+        m.wait_log(r"poll openai: ok")
+        wait_until(lambda: request(port, "GET", "/healthz")[0] == 200, 15, "/healthz")
+        locker = sqlite3.connect(tmp_path / "m.db", timeout=30, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        held_from = time.monotonic()
+        took = []
+        while time.monotonic() - held_from < 8:
+            t = time.monotonic()
+            status = request(port, "GET", "/healthz")[0]
+            took.append(time.monotonic() - t)
+            assert status in (200, 503)
+            time.sleep(0.1)
+        locker.execute("COMMIT")
+        locker.close()
+        m.wait_log(r"poll openai: ok", timeout=30)
+        assert m.stop()[0] == 0
+    print(f"/healthz during an 8 s write lock: {len(took)} requests, max {max(took) * 1000:.0f} ms, "
+          f"median {sorted(took)[len(took) // 2] * 1000:.1f} ms")
+    assert max(took) < 0.25, sorted(took)[-5:]
