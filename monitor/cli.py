@@ -48,6 +48,11 @@ class Ctx:
         from monitor import db
 
         url = self.settings.database_url()
+        if readonly:     # a store at the shipped schema is read as it is (by a user who may only read it, too)
+            eng = db.make_engine(url, readonly=True)
+            if db.current_revision(eng) == db.HEAD_REVISION:
+                return eng
+            eng.dispose()
         eng = db.make_engine(url)
         db.upgrade(url, eng, in_child=migrate_in_child)
         if readonly:

@@ -65,13 +65,16 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     from sqlalchemy import create_engine, event
 
     if url.startswith("sqlite"):
-        eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        path = sqlite_path(url)
+        ro = readonly and path is not None and read_only_mode(path) is not None
+        kw = {"creator": lambda: sqlite_connect(path)} if ro else {}   # a store this user may only read
+        eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kw)
 
         @event.listens_for(eng, "connect")
         def _connect(dbapi_conn, _rec):
             dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
-            for pragma in ("journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
-                           "foreign_keys=ON", "synchronous=NORMAL"):
+            for pragma in ((f"busy_timeout={BUSY_TIMEOUT_MS}",) if ro else (
+                    "journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")):
                 dbapi_conn.execute(f"PRAGMA {pragma}")
 
         @event.listens_for(eng, "begin")
@@ -396,6 +399,40 @@ def safe_url(url: str) -> str:
 # ------------------------------------------------------------------------------------------- read-only
 
 
+def writable(path: str) -> bool:
+    """This user may write the SQLite store at `path`: the file, and its directory (journal, -wal, -shm)."""
+    return os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK)
+
+
+def read_only_mode(path: str) -> str | None:
+    """How this user reads a SQLite store it may not write (None: it may write it, or it does not exist).
+
+    * "ro": `-shm` exists, so a process has the store open (the service, or one that crashed): SQLite reads
+      it, with what is still in the `-wal`, through the shared memory it may read but not write.
+    * "immutable": no `-shm`: no process has the store open (SQLite removes `-wal` and `-shm` when the last
+      connection closes), so the file alone is the whole store; read as immutable, since a read-only user
+      cannot create the `-shm` an ordinary reader needs. A writer that starts during such a read is not
+      seen by it (that read answers from the store as it was when the service stopped).
+    SQLite itself cannot say whether a writer runs; the `-shm` file is what tells."""
+    if not os.path.exists(path) or writable(path):
+        return None
+    return "ro" if os.path.exists(path + "-shm") else "immutable"
+
+
+def sqlite_connect(path: str):
+    """A sqlite3 connection to the store at `path` (autocommit: BEGIN is ours), read-only when this user may
+    not write it (see read_only_mode)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    mode = read_only_mode(path)
+    if mode is None:
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    query = "mode=ro" if mode == "ro" else "immutable=1"
+    return sqlite3.connect(f"file:{quote(os.path.abspath(path))}?{query}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
+
+
 def plain_sqlite_path(url: str) -> str | None:
     """The file of a plain `sqlite:///PATH` URL (no driver options, no query string), else None: what the
     standard library's sqlite3 can open as it is."""
@@ -455,7 +492,7 @@ class Reader:
             if self._conn is None:
                 import sqlite3
 
-                self._conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                self._conn = sqlite_connect(self._path)
             self._conn.execute("BEGIN")
         else:
             self._sa = self._engine.connect()

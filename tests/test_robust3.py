@@ -301,3 +301,65 @@ def test_healthz_answers_at_once_while_another_process_holds_the_write_lock(tmp_
     print(f"/healthz during an 8 s write lock: {len(took)} requests, max {max(took) * 1000:.0f} ms, "
           f"median {sorted(took)[len(took) // 2] * 1000:.1f} ms")
     assert max(took) < 0.25, sorted(took)[-5:]
+
+
+# ---------------------------------------------------------------------------------- 7. read-only users
+
+def test_read_commands_work_for_a_user_who_may_only_read_the_store(tmp_path):
+    """A Nagios check or an exporter as an unprivileged user, on a root-owned 0644 store in a 0755 directory:
+    every read command answers, with the service's -wal/-shm present (a process has the store open) and
+    without them (it stopped); a stale page is reported as not polled, saying why, never as a write error."""
+    need_root()
+    with public_dir() as d, ReplayServer(IncidentIoPage(incidentio_incidents()), now=OPEN) as srv:
+        from helpers import write_config
+
+        cfg = write_config(d, {"openai": srv.base_url}, history_days=0)
+        cfg.chmod(0o644)
+        poll = subprocess.run([MONITOR, "--config", str(cfg), "poll"], capture_output=True, text=True, timeout=60)
+        assert poll.returncode == 0, poll.stderr
+        db = d / "m.db"
+        out_dir = d / "out"
+        out_dir.mkdir()
+        out_dir.chmod(0o777)
+        for f in d.iterdir():
+            if f.is_file():
+                f.chmod(0o644)
+        assert not (d / "m.db-wal").exists() and not (d / "m.db-shm").exists()
+        root_status = subprocess.run([MONITOR, "--config", str(cfg), "status"], capture_output=True, text=True)
+        assert root_status.returncode == 2 and root_status.stdout.startswith("WAIT: "), root_status.stdout
+
+        def reads() -> None:
+            st = monitor_as_nobody("--config", str(cfg), "status")
+            assert (st.returncode, st.stdout.splitlines()[0]) == (2, root_status.stdout.splitlines()[0]), st
+            hist = monitor_as_nobody("--config", str(cfg), "history", "--json")
+            assert hist.returncode == 0 and INCIDENT_FILE_PROCESSING in [h["id"] for h in json.loads(hist.stdout)], hist
+            show = monitor_as_nobody("--config", str(cfg), "show", INCIDENT_FILE_PROCESSING, "--json")
+            assert show.returncode == 0 and json.loads(show.stdout)["id"] == INCIDENT_FILE_PROCESSING, show
+            box = monitor_as_nobody("--config", str(cfg), "outbox", "--all", "--json")
+            assert box.returncode == 0 and f"openai:{INCIDENT_FILE_PROCESSING}:opened" in [
+                m["key"] for m in json.loads(box.stdout)], box
+            rep = monitor_as_nobody("--config", str(cfg), "report", "--out", str(out_dir / "r.html"))
+            assert rep.returncode == 0 and "<html" in (out_dir / "r.html").read_text(), rep
+
+        reads()                                                 # no process has the store open
+        assert not (d / "m.db-shm").exists()
+        service = sqlite3.connect(db)                           # a process has it open: -wal and -shm exist
+        try:
+            service.execute("select count(*) from incidents").fetchall()
+            assert (d / "m.db-shm").exists() and stat.S_IMODE((d / "m.db-shm").stat().st_mode) == 0o644
+            reads()
+            with service:                                       # the data goes stale: status cannot poll
+                service.execute("update pages set last_success_at = '2020-01-01 00:00:00.000000'")
+            st = monitor_as_nobody("--config", str(cfg), "status", "--json")
+        finally:
+            service.close()
+        page = json.loads(st.stdout)["pages"][0]
+        assert st.returncode == 3 and (page["polled_now"], page["skipped"]) == (
+            False, f"this user (uid {pwd_uid('nobody')}) may only read the store {db}, so it cannot poll itself; "
+                   "the service polls"), st
+
+
+def pwd_uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
