@@ -431,7 +431,13 @@ def test_unit_matches_the_install_layout():
                                        "--config /etc/openai-status-monitor/config.toml run")
     assert directives["EnvironmentFile"] == "-/etc/openai-status-monitor/env"
     assert directives["Type"] == "notify" and directives["NotifyAccess"] == "main"
-    assert directives["StateDirectory"] == "openai-status-monitor" and directives["DynamicUser"] == "yes"
+    assert directives["StateDirectory"] == "openai-status-monitor" and "DynamicUser" not in directives
+    # a fixed user and group, the store group-readable: a monitoring user in the group reads it without root
+    # (a DynamicUser's state directory is under /var/lib/private, 0700)
+    assert directives["User"] == directives["Group"] == "openai-status-monitor"
+    assert (directives["StateDirectoryMode"], directives["UMask"]) == ("0750", "0027")
+    sysusers = (UNIT.parent / "openai-status-monitor.sysusers.conf").read_text()
+    assert re.search(r"^u openai-status-monitor - ", sysusers, re.M)
     assert directives["Restart"] == "on-failure" and int(directives["WatchdogSec"]) > 0
     # stopping takes seconds: the poll is cancelled, a delivery gets DELIVERY_GRACE
     assert int(directives["TimeoutStopSec"]) >= 15
