@@ -363,3 +363,46 @@ def pwd_uid(name: str) -> int:
     import pwd
 
     return pwd.getpwnam(name).pw_uid
+
+
+# ------------------------------------------------------------------------------------- 8. what a newcomer met
+
+def test_the_package_builds_without_setuptools_warning_about_the_templates(tmp_path):
+    """`make test`'s install printed a 40-line warning: monitor.web.templates was data outside `packages`.
+    setuptools' own build_py (what pip runs) now copies the templates without it."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([PY, "-c", "from setuptools import setup; setup()", "-q", "build_py", "--build-lib",
+                          str(tmp_path / "lib")], cwd=root, capture_output=True, text=True, timeout=120)
+    shutil.rmtree(root / "build", ignore_errors=True)
+    assert out.returncode == 0, out.stderr
+    assert "Package would be ignored" not in out.stderr and "monitor.web.templates" not in out.stderr, out.stderr
+    assert sorted(p.name for p in (tmp_path / "lib" / "monitor" / "web" / "templates").iterdir()) == [
+        "page.css", "page.html"]
+
+
+def test_run_says_where_the_store_is_first(tmp_path, service):  # noqa: F811
+    m = service(config(tmp_path, "http://127.0.0.1:9"))
+    m.wait_log(r"running: ")
+    assert m.stop()[0] == 0
+    assert m.stderr.splitlines()[0] == f"INFO monitor: store: {tmp_path / 'm.db'} (SQLite)"
+
+
+def test_a_new_service_does_not_wait_for_an_old_back_off(tmp_path, service):  # noqa: F811
+    """Failed polls of an earlier run left a back-off (11 failures, 1 s interval: 512 s): a service started
+    now polls at once."""
+    from helpers import write_config  # noqa: F401
+
+    with ReplayServer(IncidentIoPage(incidentio_incidents()), now=OPEN) as srv:
+        cfg = config(tmp_path, srv.base_url)
+        first = subprocess.run([MONITOR, "--config", str(cfg), "poll"], capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        with sqlite3.connect(tmp_path / "m.db") as con:   # as record_failure leaves it after 11 failures
+            con.execute("update pages set consecutive_failures = 11, last_poll_at = strftime('%Y-%m-%d %H:%M:%f000', "
+                        "'now'), not_before = strftime('%Y-%m-%d %H:%M:%f000', 'now', '+512 seconds')")
+        con.close()
+        hand = subprocess.run([MONITOR, "--config", str(cfg), "poll"], capture_output=True, text=True, timeout=60)
+        assert hand.returncode == 1 and "openai: skipped: backing off after 11 failed polls until" in hand.stderr
+        srv.clear_requests()
+        m = service(cfg)
+        m.wait_log(r"poll openai: ok", timeout=10)
+        assert srv.requests and m.stop()[0] == 0
