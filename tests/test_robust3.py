@@ -406,3 +406,50 @@ def test_a_new_service_does_not_wait_for_an_old_back_off(tmp_path, service):  # 
         m = service(cfg)
         m.wait_log(r"poll openai: ok", timeout=10)
         assert srv.requests and m.stop()[0] == 0
+
+
+# headless Chromium keeps its window at least 500 px wide: the page is laid out 390 px wide instead, and
+# anything reaching past 390 px outside the chart's and the table's own scroll boxes would scroll the page
+PROBE_JS = """<style>html { width: 390px; }</style><script>
+const td = document.querySelector('td[colspan]');
+const text = document.body.innerText;
+document.title = JSON.stringify({
+  over: [...document.querySelectorAll('main *')].filter(e => !e.closest('figure, .table-wrap')
+          && e.getBoundingClientRect().right > 390.5).map(e => e.tagName + '.' + e.className),
+  before: td ? getComputedStyle(td, '::before').content : null,
+  empty_chart: (document.querySelector('.empty-chart') || {}).innerText || null,
+  outcome_shown: text.split(%s).length - 1});
+</script>"""
+
+
+def test_the_page_at_390_px_on_a_failing_page_with_long_urls(tmp_path):
+    """The page (as `monitor report` writes it; the service serves the same template) in Chromium at 390 px:
+    the long URLs of a failing page wrap (no sideways scroll of the page itself), the empty table's card has
+    no ": " label, the error is shown once, and the empty chart says there is nothing to plot."""
+    from test_web import chromium
+    from helpers import write_config
+
+    long_url = "http://127.0.0.1:9/" + "averylongpathsegment" * 8
+    cfg = write_config(tmp_path, {"openai": long_url}, history_days=0)
+    poll = subprocess.run([MONITOR, "--config", str(cfg), "poll"], capture_output=True, text=True, timeout=60)
+    assert poll.returncode == 1
+    out = tmp_path / "r.html"
+    rep = subprocess.run([MONITOR, "--config", str(cfg), "report", "--out", str(out)], capture_output=True,
+                         text=True, timeout=60)
+    assert rep.returncode == 0, rep.stderr
+    html = out.read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE_JS % json.dumps(f"cannot connect to {long_url}/api/v2/summary.json") + "</body>"))
+    with tempfile.TemporaryDirectory() as profile:
+        got = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              f"--user-data-dir={profile}", "--window-size=390,844", "--dump-dom",
+                              probe.as_uri()], capture_output=True, text=True, timeout=90)
+    assert got.returncode == 0, got.stderr[-2000:]
+    import html as html_lib
+    import re
+
+    seen = json.loads(html_lib.unescape(re.search(r"<title>(.*?)</title>", got.stdout, re.S).group(1)))
+    assert seen["over"] == [], seen
+    assert seen["before"] in ("none", "normal"), seen
+    assert seen["empty_chart"] == "Nothing to plot yet: no upload-related incident is stored.", seen
+    assert seen["outcome_shown"] == 1, (seen, re.sub(r"<[^>]+>", "", got.stdout)[:3000])
