@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -133,21 +132,7 @@ def test_a_lock_file_this_user_cannot_read_is_an_error_naming_it(tmp_path):
         assert (r.stdout, r.stderr) == ("True\n", "")
 
 
-# --------------------------------------------------------------------- 6. the leader row after a failed start
-
-def test_a_start_up_error_leaves_no_leader_row(tmp_path):
-    """`monitor run` that took the lead and then cannot listen on its [http] port exits 1 with one line, and
-    `monitor status` names no leader that is gone."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        cfg = config(tmp_path, "http://127.0.0.1:9", extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
-        out = subprocess.run([*monitor_command(), "--config", str(cfg), "run"], capture_output=True, text=True,
-                             timeout=60)
-    assert (out.returncode, out.stderr.splitlines()[-1]) == (
-        1, f"Error: {cfg}: http.listen: cannot listen on 127.0.0.1:{port}: Address already in use"), out.stderr
-    assert db_rows(tmp_path / "m.db", "select count(*) from leader") == [(0,)]
+# the leader row after a failed start (case 6): tests/test_web.py::test_port_in_use_is_one_line
 
 
 # ------------------------------------------------------------------------- 6. the outbox's last write is fenced
