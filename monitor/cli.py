@@ -324,12 +324,12 @@ def run(c: Ctx):
 
     try:
         settings = c.settings
+        if settings.probe:
+            settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
         url = settings.database_url()
         where = db.sqlite_path(url)
         service.one_line_logs()
         log.info("store: %s", f"{os.path.abspath(where)} (SQLite)" if where else db.safe_url(url))
-        if settings.probe:
-            settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
         service.run(settings, c.engine(migrate_in_child=True), c.rules())
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handlers: nothing to clean up
         sys.exit(130)
