@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -47,6 +48,11 @@ class Ctx:
         from monitor import db
 
         url = self.settings.database_url()
+        if readonly:     # a store at the shipped schema is read as it is (by a user who may only read it, too)
+            eng = db.make_engine(url, readonly=True)
+            if db.current_revision(eng) == db.HEAD_REVISION:
+                return eng
+            eng.dispose()
         eng = db.make_engine(url)
         db.upgrade(url, eng, in_child=migrate_in_child)
         if readonly:
@@ -140,12 +146,15 @@ def cli(ctx, config_path):
 
 @cli.command()
 @click.option("--page", "pages", multiple=True, help="Only this page (repeatable).")
+@click.option("--force", is_flag=True,
+              help="Poll now, even while backing off after failed polls or while the page's Retry-After runs.")
 @pass_ctx
-def poll(c: Ctx, pages):
+def poll(c: Ctx, pages, force):
     """Poll every configured page once, store what changed, deliver messages, then exit.
 
     While no `monitor run` leads, this process leads for its duration: messages a killed process had claimed
-    are sent at once. Exits 0 when at least one source of every page answered."""
+    are sent at once. Exits 0 when at least one source of every page answered. A page that is backed off
+    (after failed polls) or asked us to wait (Retry-After) is skipped, exit 1, unless --force."""
     import asyncio
 
     from monitor import db
@@ -157,7 +166,7 @@ def poll(c: Ctx, pages):
     try:
         if lock.hold():
             lock.take_over(engine, service=False)
-        results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None))
+        results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None, force=force))
         deliver_due(settings, engine)
     finally:
         lock.release()
@@ -166,7 +175,8 @@ def poll(c: Ctx, pages):
             click.echo(r.summary())
     failed = [r for r in results if not r.ok]
     if failed:
-        raise click.ClickException("; ".join(r.summary() for r in failed))
+        hint = " (--force polls anyway)" if any(r.skipped for r in failed) else ""
+        raise click.ClickException("; ".join(r.summary() for r in failed) + hint)
 
 
 @cli.command()
@@ -315,12 +325,16 @@ def run(c: Ctx):
     """The service: poll every page on its interval and deliver messages until SIGTERM or SIGINT (exit 0).
 
     Speaks systemd's notify protocol (READY, STATUS, WATCHDOG, STOPPING) when NOTIFY_SOCKET is set."""
-    from monitor import service
+    from monitor import db, service
 
     try:
         settings = c.settings
         if settings.probe:
             settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
+        url = settings.database_url()
+        where = db.sqlite_path(url)
+        service.one_line_logs()
+        log.info("store: %s", f"{os.path.abspath(where)} (SQLite)" if where else db.safe_url(url))
         service.run(settings, c.engine(migrate_in_child=True), c.rules())
     except KeyboardInterrupt:  # Ctrl-C before the service installed its handlers: nothing to clean up
         sys.exit(130)
@@ -433,6 +447,44 @@ def notify_test(c: Ctx, name):
         raise click.ClickException("some channels failed")
 
 
-def main() -> None:
-    """Entry point (the `monitor` script)."""
-    cli(prog_name="monitor")
+# Commands a monitoring system runs, whose exit code is a verdict: anything but 0-2 must read as unknown (3)
+VERDICT_COMMANDS = ("status", "diagnose")
+
+
+def _command_word(args: list[str]) -> str | None:
+    """The subcommand named in `args` (the first word that is not an option or an option's value)."""
+    takes_value = {"--config"}
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in takes_value:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point (the `monitor` script). A usage error of `status` or `diagnose` (an unknown option, a
+    --config that is a directory) exits 3, unknown, never click's 2 (which would read as "major incident")."""
+    args = sys.argv[1:] if args is None else list(args)
+    if _command_word(args) not in VERDICT_COMMANDS:
+        return cli(args=args, prog_name="monitor")
+    try:
+        rc = cli.main(args=args, prog_name="monitor", standalone_mode=False)
+    except click.UsageError as exc:
+        message = f"usage: {exc.format_message()}"
+        if "--json" in args:
+            from monitor import status as st
+
+            emit_json(st.failure_json(message))
+        else:
+            click.echo(f"UNKNOWN: {message}")
+        sys.exit(3)
+    except click.exceptions.Abort:
+        sys.exit(3)
+    except click.ClickException as exc:   # config or store errors caught above status's own handling
+        click.echo(f"UNKNOWN: {exc.format_message()}")
+        sys.exit(3)
+    sys.exit(rc or 0)

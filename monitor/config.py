@@ -55,10 +55,14 @@ class DatabaseSettings(_Frozen):
     @field_validator("url")
     @classmethod
     def _known_driver(cls, v: str) -> str:
-        """A URL SQLAlchemy knows, whose driver (DBAPI module) is installed. A SQLite file URL needs only the
-        standard library's sqlite3 and is accepted as it is: the read commands never import SQLAlchemy."""
-        from monitor.db import SQLITE_FILE_PREFIXES
+        """A SQLite or PostgreSQL URL whose driver (DBAPI module) is installed: the guarantees (one leader,
+        serialised polls, claimed deliveries) are built and tested on those two only. A SQLite file URL needs
+        only the standard library's sqlite3 and is accepted as it is: the read commands never import
+        SQLAlchemy. SQLite must be 3.35 or newer (UPDATE ... RETURNING claims outbox rows)."""
+        from monitor.db import SQLITE_FILE_PREFIXES, check_sqlite_version
 
+        if v.startswith("sqlite"):
+            check_sqlite_version()
         if v.startswith(SQLITE_FILE_PREFIXES):
             return v
         from sqlalchemy.engine import make_url
@@ -72,6 +76,9 @@ class DatabaseSettings(_Frozen):
             dialect = url.get_dialect()
         except NoSuchModuleError:
             raise ValueError(f"unknown database driver {url.drivername!r}") from None
+        if dialect.name not in ("sqlite", "postgresql"):
+            raise ValueError(f"{dialect.name!r} is not supported: use SQLite (sqlite:////path/monitor.db) "
+                             "or PostgreSQL (postgresql+psycopg://user@host/db)")
         import_dbapi = getattr(dialect, "import_dbapi", None) or dialect.dbapi   # SQLAlchemy 2.x, else 1.4
         try:
             import_dbapi()

@@ -43,6 +43,19 @@ PROCESS_TOKEN = uuid.uuid4().hex
 SQLITE_FILE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 
 
+MIN_SQLITE = (3, 35)   # UPDATE ... RETURNING (outbox claims, failure counts)
+
+
+def check_sqlite_version() -> None:
+    """ValueError when the SQLite library Python uses is older than MIN_SQLITE."""
+    import sqlite3
+
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ValueError(f"SQLite {sqlite3.sqlite_version} is too old: the monitor needs "
+                         f"{'.'.join(map(str, MIN_SQLITE))} or newer (UPDATE ... RETURNING); "
+                         "use a newer Python build or PostgreSQL")
+
+
 class StoreError(Exception):
     """The store cannot be opened, migrated or written (one-line message)."""
 
@@ -52,13 +65,16 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     from sqlalchemy import create_engine, event
 
     if url.startswith("sqlite"):
-        eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        path = sqlite_path(url)
+        ro = readonly and path is not None and read_only_mode(path) is not None
+        kw = {"creator": lambda: sqlite_connect(path)} if ro else {}   # a store this user may only read
+        eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kw)
 
         @event.listens_for(eng, "connect")
         def _connect(dbapi_conn, _rec):
             dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
-            for pragma in ("journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}",
-                           "foreign_keys=ON", "synchronous=NORMAL"):
+            for pragma in ((f"busy_timeout={BUSY_TIMEOUT_MS}",) if ro else (
+                    "journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")):
                 dbapi_conn.execute(f"PRAGMA {pragma}")
 
         @event.listens_for(eng, "begin")
@@ -189,11 +205,13 @@ class LeaderLock:
         self.url = url
         self._conn = None      # PostgreSQL: the connection holding the lock
         self._fd: int | None = None   # SQLite: the locked file
+        self._inode: tuple[int, int] | None = None   # SQLite: (device, inode) of the locked file
+        self._reported: str | None = None   # the last lock-file error logged (logged once, not every interval)
         self.leading = False
 
     def hold(self) -> bool:
         """Keep or take the lock; returns whether this process leads now. Losing it (the database restarted,
-        the connection dropped) is logged once and answered False."""
+        the connection dropped, the lock file removed or replaced) is logged once and answered False."""
         try:
             self.leading = self._check() if self.leading else self._take()
         except Exception as exc:   # any database or OS error: not leading, try again next time
@@ -205,16 +223,7 @@ class LeaderLock:
     def _take(self) -> bool:
         path = sqlite_path(self.url)
         if path is not None:
-            import fcntl
-
-            fd = os.open(path + ".leader", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            self._fd = fd
-            return True
+            return self._take_file(path + ".leader")
         if not self.url.startswith("postgresql"):
             return True         # an in-memory SQLite store belongs to this process alone
         from sqlalchemy import create_engine, text
@@ -229,10 +238,49 @@ class LeaderLock:
         eng.dispose()
         return False
 
+    def _take_file(self, lock_path: str) -> bool:
+        """flock the lock file, opened read-only (flock needs no write access; a file another user created
+        will do as long as we may read it), created 0644 when missing."""
+        import fcntl
+
+        try:
+            try:
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    os.fchmod(fd, 0o644)   # whatever the umask: any user of the store may lock it
+                except OSError:
+                    pass
+        except OSError as exc:
+            self._report(lock_path, exc)
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:       # held elsewhere: another process leads
+            os.close(fd)
+            return False
+        except OSError as exc:
+            os.close(fd)
+            self._report(lock_path, exc)
+            return False
+        st = os.fstat(fd)
+        self._fd, self._inode, self._reported = fd, (st.st_dev, st.st_ino), None
+        return True
+
+    def _report(self, lock_path: str, exc: OSError) -> None:
+        """An error other than "held elsewhere": nobody may be leading. Logged as an error with the fix."""
+        message = (f"cannot use the leader lock file {lock_path}: {exc.strerror or exc}; this process cannot "
+                   f"lead (poll or deliver): let this user read it (chmod 644 {lock_path}), or remove it while "
+                   "no monitor runs")
+        if message != self._reported:
+            log.error("%s", message)
+            self._reported = message
+
     @property
     def held_locally(self) -> bool:
         """Held, and nothing to ask anyone to keep it (a file lock, or a store of this process alone): then
-        `hold()` answers at once, without I/O."""
+        `hold()` answers at once, without a thread (a file lock costs one stat())."""
         return self.leading and self._conn is None
 
     def _check(self) -> bool:
@@ -240,13 +288,23 @@ class LeaderLock:
             from sqlalchemy import text
 
             self._conn.execute(text("SELECT 1"))   # raises when the connection (and so the lock) is gone
+        elif self._fd is not None:   # the path must still name the file we locked, or another process leads too
+            lock_path = sqlite_path(self.url) + ".leader"
+            try:
+                st = os.stat(lock_path)
+                same = (st.st_dev, st.st_ino) == self._inode
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise OSError(f"{lock_path} was removed or replaced while this process held it; stepping down "
+                              "(a process that locks the new file leads)")
         return True
 
     def release(self) -> None:
         self.leading = False
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+            self._fd, self._inode = None, None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
@@ -341,6 +399,40 @@ def safe_url(url: str) -> str:
 # ------------------------------------------------------------------------------------------- read-only
 
 
+def writable(path: str) -> bool:
+    """This user may write the SQLite store at `path`: the file, and its directory (journal, -wal, -shm)."""
+    return os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK)
+
+
+def read_only_mode(path: str) -> str | None:
+    """How this user reads a SQLite store it may not write (None: it may write it, or it does not exist).
+
+    * "ro": `-shm` exists, so a process has the store open (the service, or one that crashed): SQLite reads
+      it, with what is still in the `-wal`, through the shared memory it may read but not write.
+    * "immutable": no `-shm`: no process has the store open (SQLite removes `-wal` and `-shm` when the last
+      connection closes), so the file alone is the whole store; read as immutable, since a read-only user
+      cannot create the `-shm` an ordinary reader needs. A writer that starts during such a read is not
+      seen by it (that read answers from the store as it was when the service stopped).
+    SQLite itself cannot say whether a writer runs; the `-shm` file is what tells."""
+    if not os.path.exists(path) or writable(path):
+        return None
+    return "ro" if os.path.exists(path + "-shm") else "immutable"
+
+
+def sqlite_connect(path: str):
+    """A sqlite3 connection to the store at `path` (autocommit: BEGIN is ours), read-only when this user may
+    not write it (see read_only_mode)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    mode = read_only_mode(path)
+    if mode is None:
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    query = "mode=ro" if mode == "ro" else "immutable=1"
+    return sqlite3.connect(f"file:{quote(os.path.abspath(path))}?{query}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
+
+
 def plain_sqlite_path(url: str) -> str | None:
     """The file of a plain `sqlite:///PATH` URL (no driver options, no query string), else None: what the
     standard library's sqlite3 can open as it is."""
@@ -400,7 +492,7 @@ class Reader:
             if self._conn is None:
                 import sqlite3
 
-                self._conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                self._conn = sqlite_connect(self._path)
             self._conn.execute("BEGIN")
         else:
             self._sa = self._engine.connect()

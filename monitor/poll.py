@@ -127,24 +127,29 @@ class _Poll:
         return f"no answer within the poll's {self.ps.deadline:g} s deadline from {shown}"
 
 
-async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *, backfill: bool = True) -> PageResult:
+async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *, backfill: bool = True,
+                    force: bool = False, ignore_backoff: bool = False) -> PageResult:
     """Poll one page. Never raises for a page's own failures: they are in the result and in `pages`. A store
     that cannot be written (disk full, read-only, locked) fails this page's poll with one line; nothing is
     half-written (each write is one transaction) and the next poll tries again. Anything else that goes
-    wrong (a bug met on odd input) fails this page alone, counted and backed off like any failure."""
+    wrong (a bug met on odd input) fails this page alone, counted and backed off like any failure.
+    `ignore_backoff`: poll even while our own back-off after failed polls runs (a service's first poll);
+    `force`: also while the page's Retry-After runs (`monitor poll --force`).
+    The store work runs in worker threads (to_thread), never on the event loop: a store another process
+    keeps locked holds up this poll only, not the loop's other work (the web listener, the watchdog)."""
     started = time.monotonic()
     p = _Poll(settings, ps, engine, http, rules)
     try:
-        return await _poll_page(p, started, backfill)
+        return await _poll_page(p, started, backfill, force, ignore_backoff)
     except SQLAlchemyError as exc:
         return _failed(p, started, f"cannot write the store: {safe_error(exc)}")
     except Exception as exc:  # noqa: BLE001 - one page's failure never hides another page's result
         log.exception("page %s: poll failed", ps.name)
         res = _failed(p, started, f"poll failed ({type(exc).__name__}: {one_line(exc)})")
         try:
-            known = p.known()
+            known = await asyncio.to_thread(p.known)
             if known is not None:
-                _record_failure(p, known[0], now_utc())
+                await asyncio.to_thread(_record_failure, p, known[0], now_utc())
         except SQLAlchemyError:
             pass
         return res
@@ -158,20 +163,17 @@ def _failed(p: _Poll, started: float, why: str) -> PageResult:
     return res
 
 
-async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
+async def _poll_page(p: _Poll, started: float, backfill: bool, force: bool, ignore_backoff: bool) -> PageResult:
     settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
     res = p.result
     now = p.ctx.now
-    known = p.known()
-    if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
-        with transaction(engine) as s:
-            store.get_page(s, ps.name, ps.base_url)
-        known = p.known()
-    page_id, stored_kind, first_poll, not_before, states, catch_up, time_zone = known
+    known = await asyncio.to_thread(_known_or_created, p)
+    page_id, stored_kind, first_poll, not_before, states, catch_up, time_zone, hold = known
     p.ctx = Context(ps.base_url, ps.host, now, time_zone)
     name = ps.kind if ps.kind != "auto" else stored_kind
-    if not_before and not_before > now:
-        res.skipped = f"the page asked us to wait until {not_before:%H:%M:%S} UTC"
+    if not_before and not_before > now and not force and not (
+            ignore_backoff and hold.ours(ps.poll_interval, BACKOFF_CAP)):
+        res.skipped = hold.words(ps.poll_interval, BACKOFF_CAP)
         return res
     fetched = None
     details: list[IncidentRec] = []
@@ -193,12 +195,12 @@ async def _poll_page(p: _Poll, started: float, backfill: bool) -> PageResult:
         res.errors += by_cause("timelines", list(p.timeline_failed.values()))
     if not fetched or not res.sources_ok:
         res.ok = False
-        _record_failure(p, page_id, now)
+        await asyncio.to_thread(_record_failure, p, page_id, now)
         res.seconds = time.monotonic() - started
         return res
     kind, parsed, new_states, comps = fetched
     res.kind, res.ok = kind.name, True
-    _apply(p, page_id, parsed, details, new_states, comps, first_poll, now)
+    await asyncio.to_thread(_apply, p, page_id, parsed, details, new_states, comps, first_poll, now)
     if backfill and first_poll and ps.history_days > 0 and kind.history:
         try:
             bf = await run_backfill(settings, ps, engine, http, rules, since=now - timedelta(days=ps.history_days))
@@ -240,6 +242,10 @@ async def _fetch_sources(p: _Poll, name, states, now, end: float):
     for path, ans in order:
         if isinstance(ans, FetchError):
             res.errors.append(str(ans))
+            continue
+        if isinstance(ans, Exception):   # an answer we could not handle fails its source only
+            log.warning("page %s: %s: %s: %s", p.ps.name, path, type(ans).__name__, one_line(ans))
+            res.errors.append(f"{p.url(path)}: unreadable answer ({type(ans).__name__}: {one_line(ans)})")
             continue
         if isinstance(ans, BaseException):
             raise ans
@@ -312,8 +318,7 @@ async def _fetch_timelines(p: _Poll, kind: PageKind, page_id: int, by_id: dict[s
     out = [] if out is None else out
     wanted = []
     if by_id:
-        with transaction(p.engine) as s:
-            rows = store.load_incidents(s, page_id, by_id)
+        rows = await asyncio.to_thread(_load_incidents, p.engine, page_id, by_id)
         for iid, recs in by_id.items():
             row = rows.get(iid)
             prev = store.to_state(row) if row is not None else None
@@ -362,7 +367,10 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
         res.unchanged = True
         return
     with transaction(p.engine) as s:
-        page = s.get(Page, page_id)
+        # the page's row locked first: two polls of one page (a hand-run poll beside the service) apply one
+        # after the other on every database (SQLite's BEGIN IMMEDIATE already does; on PostgreSQL the second
+        # waits here, then reads what the first wrote), so neither fails nor queues a message twice
+        page = s.get(Page, page_id, with_for_update=True)
         if comps is not None:
             store.save_components(s, page_id, comps.components)
         names = store.component_names(s, page_id) if (comps is not None or by_id) else {}
@@ -410,9 +418,8 @@ async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules
     kind fetches them with the fetch function it is given."""
     p = _Poll(settings, ps, engine, http, rules)
     now = p.ctx.now
-    with transaction(engine) as s:
-        page = store.get_page(s, ps.name, ps.base_url)
-        page_id, name = page.id, (ps.kind if ps.kind != "auto" else page.kind)
+    page_id, stored_kind = await asyncio.to_thread(_page_row, engine, ps)
+    name = ps.kind if ps.kind != "auto" else stored_kind
     if name is None:
         name = await _detect(p)
         if name is None:
@@ -426,14 +433,46 @@ async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules
     p.result.sources_ok, p.result.errors = got.answered, p.result.errors + got.errors
     p.result.ok = bool(got.answered)
     if p.result.ok:
-        _apply(p, page_id, got.results, [], {}, None, False, now, silent=True)
-        with transaction(engine) as s:
-            s.get(Page, page_id).backfilled_since = since
+        await asyncio.to_thread(_apply, p, page_id, got.results, [], {}, None, False, now, silent=True)
+        await asyncio.to_thread(_set_backfilled, engine, page_id, since)
     return p.result
 
 
-async def poll_all(settings: Settings, engine, rules, *, pages=None) -> list[PageResult]:
+async def poll_all(settings: Settings, engine, rules, *, pages=None, force: bool = False) -> list[PageResult]:
     """Poll every page at once; one page's failure never stops the others."""
     targets = [settings.page(n) for n in pages] if pages else list(settings.pages)
     async with client() as http:
-        return list(await asyncio.gather(*(poll_page(settings, ps, engine, http, rules) for ps in targets)))
+        return list(await asyncio.gather(*(poll_page(settings, ps, engine, http, rules, force=force)
+                                           for ps in targets)))
+
+
+def _known_or_created(p: _Poll):
+    """p.known(), creating (or re-pointing) the page's row first when needed. Two processes creating it at
+    once: the one whose INSERT loses reads the winner's row."""
+    from sqlalchemy.exc import IntegrityError
+
+    known = p.known()
+    if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
+        try:
+            with transaction(p.engine) as s:
+                store.get_page(s, p.ps.name, p.ps.base_url)
+        except IntegrityError:
+            pass
+        known = p.known()
+    return known
+
+
+def _page_row(engine, ps: PageSettings) -> tuple[int, str | None]:
+    with transaction(engine) as s:
+        page = store.get_page(s, ps.name, ps.base_url)
+        return page.id, page.kind
+
+
+def _load_incidents(engine, page_id: int, ids) -> dict:
+    with transaction(engine) as s:
+        return store.load_incidents(s, page_id, ids)
+
+
+def _set_backfilled(engine, page_id: int, since: datetime) -> None:
+    with transaction(engine) as s:
+        s.get(Page, page_id).backfilled_since = since

@@ -161,6 +161,7 @@ class Service:
         self.standby_logged = False
         self.took_over = ""
         self.prober = None
+        self.polled: set[str] = set()   # pages this process has polled: the first poll ignores an old back-off
 
     # -- jobs ------------------------------------------------------------------------------------------
 
@@ -176,7 +177,9 @@ class Service:
             if not self.leading:      # standing by: the leader polls
                 return
             ps = self.settings.page(name)
-            result = await poll_page(self.settings, ps, self.engine, self.http, self.rules)
+            result = await poll_page(self.settings, ps, self.engine, self.http, self.rules,
+                                     ignore_backoff=name not in self.polled)
+            self.polled.add(name)
             if self.web:
                 self.web.counts.observe(result)
             at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
@@ -253,8 +256,8 @@ class Service:
         from monitor.db import Reader, current_leader
 
         was = self.leading
-        if self.lock.held_locally:      # a file lock held: nothing to check, no thread to start
-            now_leading = True
+        if self.lock.held_locally:      # a file lock held: one stat() to check it, no thread to start
+            now_leading = self.lock.hold()
         else:
             _, fut = in_daemon_thread(self.lock.hold)
             try:
@@ -287,7 +290,7 @@ class Service:
         elif not now_leading and not self.standby_logged:
             self.standby_logged = True
             try:
-                who = current_leader(Reader(engine=self.engine))
+                who = await asyncio.to_thread(current_leader, Reader(engine=self.engine))
             except Exception:
                 who = None
             who = f"{who['host']} pid {who['pid']} leads since {who['since']}" if who else "another process leads"
@@ -331,7 +334,14 @@ class Service:
         sched = self.sched = AsyncIOScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self.lock = LeaderLock(self.settings.database_url())
-        await self.lead()
+        try:
+            await self.lead()
+            await self._serve(sched, client)
+        finally:   # a clean stop, or an error while starting (a port in use): name no leader that is gone
+            await self._step_down()
+        log.info("stopped")
+
+    async def _serve(self, sched, client) -> None:
         now = datetime.now(timezone.utc)
         async with client() as http:
             self.http = http
@@ -373,16 +383,18 @@ class Service:
                 await self.web.stop()
             if self.prober:
                 await self.prober.close()
-        if self.leading:      # a clean stop: `monitor status` must not name a leader that is gone
+
+    async def _step_down(self) -> None:
+        """Remove this process from the leader row (while it leads), then let go of the lock."""
+        if self.leading:
             from monitor.db import safe_error, step_down
 
             try:
-                step_down(self.engine)
+                await asyncio.to_thread(step_down, self.engine)
             except Exception as exc:   # the store is unreachable: the row stays, the next leader replaces it
                 log.warning("cannot remove this process from the leader row: %s",
                             safe_error(exc) if hasattr(exc, "orig") else f"{type(exc).__name__}: {exc}")
         self.lock.release()
-        log.info("stopped")
 
     async def _wind_down(self) -> None:
         """Cancel what runs; our jobs end normally when cancelled (APScheduler would log a traceback for a

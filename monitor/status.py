@@ -79,7 +79,12 @@ def gather(settings_factory, reader_factory, rules_factory, surface: str | None 
                 raise StatusFailure(f"unknown surface {surface!r} (known: {', '.join(settings.known_surfaces)})")
             report = read(settings, reader, surface)
             stale = [p.name for p in report.health if not p.fresh(report.now)]
-            if stale:  # answer from fresh data only: poll the stale pages once first
+            cannot = _cannot_poll(settings.database_url()) if stale else None
+            if cannot:    # a user who may only read the store: the verdict from what it holds, and why no poll
+                from monitor.poll import PageResult
+
+                report.polled = [PageResult(page=name, skipped=cannot) for name in stale]
+            elif stale:  # answer from fresh data only: poll the stale pages once first
                 import asyncio
 
                 from monitor.poll import poll_all
@@ -110,6 +115,19 @@ def gather(settings_factory, reader_factory, rules_factory, surface: str | None 
     return report
 
 
+def _cannot_poll(url: str) -> str | None:
+    """Why this process cannot poll into the store itself (a SQLite store this user may only read), else None."""
+    import os
+
+    from monitor import db
+
+    path = db.sqlite_path(url)
+    if path is None or db.read_only_mode(path) is None:
+        return None
+    return (f"this user (uid {os.geteuid()}) may only read the store {path}, so it cannot poll itself; "
+            "the service polls")
+
+
 def failure_json(message: str) -> dict:
     return {"verdict": "unknown", "exit_code": 3, "reason": message, "incidents": [], "scheduled": [],
             "surface": None, "checked_at": None, "pages": [], "checklist": [], "leader": None}
@@ -128,7 +146,7 @@ def to_json(r: Report) -> dict:
            "checked_at": iso_z(min(goods)) if goods else None,   # the oldest data the answer rests on
            "pages": [{"name": p.name, "fresh": p.fresh(now), "last_success_at": iso_z(p.last_success_at),
                       "consecutive_failures": p.consecutive_failures, "last_outcome": p.last_outcome,
-                      "polled_now": any(x.page == p.name for x in r.polled),
+                      "polled_now": any(x.page == p.name and not x.skipped for x in r.polled),
                       "skipped": skipped.get(p.name)}
                      for p in r.health],
            "checklist": list(CHECKLIST) if v.verdict == "troubleshoot-locally" else [],

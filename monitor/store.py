@@ -286,6 +286,7 @@ def queue_message(session: Session, *, incident_id: int | None, key: str, event:
 # What every poll reads and writes first, built once (statement construction and cache-key generation per call
 # cost more than the SQL itself on an unchanged poll)
 _KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, Page.time_zone,
+                 Page.consecutive_failures, Page.last_poll_at,
                  SourceState.path, SourceState.etag, SourceState.last_modified, SourceState.body_hash,
                  SourceState.fetched_at, SourceState.last_error)
           .outerjoin(SourceState, SourceState.page_id == Page.id).where(Page.name == bindparam("name")))
@@ -312,7 +313,7 @@ class SourceValidators:
 def known_page(engine, name: str, base_url: str, catch_up: int):
     """The page's row, its sources' validators and the newest `catch_up` incidents still missing a timeline,
     in one short read with Core (no ORM session): (id, kind, first poll?, not_before, validators by path,
-    catch-up ids, time_zone). None when the row is missing or its base_url changed."""
+    catch-up ids, time_zone, Hold). None when the row is missing or its base_url changed."""
     with engine.begin() as conn:
         rows = conn.execute(_KNOWN, {"name": name}).all()
         if not rows or rows[0].base_url != base_url:
@@ -321,7 +322,29 @@ def known_page(engine, name: str, base_url: str, catch_up: int):
         catch_up = list(conn.execute(_CATCH_UP, {"pid": r0.id, "n": catch_up}).scalars())
     states = {r.path: SourceValidators(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at, r.last_error)
               for r in rows if r.path}
-    return r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up, r0.time_zone
+    return (r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up, r0.time_zone,
+            Hold(r0.not_before, r0.consecutive_failures or 0, r0.last_poll_at))
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why a page is not to be polled before `until`: the page's own Retry-After, or our back-off after
+    failed polls (record_failure). The two are told apart without storing which: our back-off is exactly
+    backoff(failures - 1) after the last poll, and only exists from the second failure on."""
+    until: datetime | None
+    failures: int
+    last_poll_at: datetime | None
+
+    def ours(self, interval: float, cap: float) -> bool:
+        if self.until is None or self.failures < 2 or self.last_poll_at is None:
+            return False
+        wait = self.last_poll_at + timedelta(seconds=backoff(self.failures - 1, interval, cap))
+        return self.until <= wait + timedelta(seconds=1)
+
+    def words(self, interval: float, cap: float) -> str:
+        if self.ours(interval, cap):
+            return f"backing off after {self.failures} failed polls until {self.until:%H:%M:%S} UTC"
+        return f"the page asked us to wait until {self.until:%H:%M:%S} UTC"
 
 
 def record_success(engine, page_id: int, now: datetime, not_before: datetime | None, outcome: str) -> None:

@@ -92,12 +92,14 @@ def test_the_service_that_cannot_migrate_its_store_says_why_in_one_line(tmp_path
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[database]\nurl = "sqlite:///{store}"\n' + PAGE)
     p = subprocess.run([MONITOR, "--config", str(cfg), "run"], capture_output=True, text=True, timeout=60)
-    assert (p.returncode, p.stdout, error_line(p.stderr)) == (1, "", "Error: database: file is not a database")
+    # the first line says where the store is, the second why it cannot be used
+    assert (p.returncode, p.stdout, p.stderr.splitlines()) == (
+        1, "", [f"INFO monitor: store: {store} (SQLite)", "Error: database: file is not a database"])
     assert store.read_bytes() == b"not a database, but someone's file " * 200
     cfg.write_text('[database]\nurl = "sqlite:////proc/no/such/dir/m.db"\n' + PAGE)
     p = subprocess.run([MONITOR, "--config", str(cfg), "run"], capture_output=True, text=True, timeout=60)
-    assert (p.returncode, error_line(p.stderr)) == (
-        1, "Error: cannot open the store /proc/no/such/dir/m.db: No such file or directory")
+    assert (p.returncode, p.stderr.splitlines()[1:]) == (
+        1, ["Error: cannot open the store /proc/no/such/dir/m.db: No such file or directory"])
 
 
 BAD_ARGS = [
@@ -105,7 +107,6 @@ BAD_ARGS = [
     ("history", "--limit", "0"),
     ("history", "--since", "yesterday"),
     ("nosuchcommand",),
-    ("status", "extra"),
 ]
 
 
@@ -118,6 +119,28 @@ def test_bad_arguments_are_usage_errors(tmp_path):
     faults_report.record("input", "130", [
         "`bad-arguments`", ", ".join(f"`monitor {' '.join(a)}`" for a in BAD_ARGS),
         "exit 2 with the usage line and one `Error:` line naming the bad option or value"])
+
+
+VERDICT_BAD_ARGS = [
+    (["status", "extra"], "UNKNOWN: usage: Got unexpected extra argument (extra)"),
+    (["status", "--jsn"], "UNKNOWN: usage: No such option '--jsn'. Did you mean '--json'?"),
+    (["diagnose", "--eror", "x"], "UNKNOWN: usage: No such option '--eror'. Did you mean '--error'?"),
+    (["--config", "{dir}", "status"], "UNKNOWN: usage: Invalid value for '--config': File '{dir}' is a directory."),
+]
+
+
+def test_usage_errors_of_status_and_diagnose_exit_3(tmp_path):
+    """A monitoring system reads exit 2 as "major incident": `status` and `diagnose` exit 3 (unknown) for a
+    usage error too, through the real console script, saying why in the one line a Nagios check shows."""
+    cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
+    for args, line in VERDICT_BAD_ARGS:
+        args = [a.format(dir=tmp_path) for a in args]
+        full = args if args[0] == "--config" else ["--config", str(cfg), *args]
+        p = subprocess.run([MONITOR, *full], capture_output=True, text=True, timeout=60)
+        assert (p.returncode, p.stdout.splitlines()) == (3, [line.format(dir=tmp_path)]), (args, p.stdout, p.stderr)
+    p = subprocess.run([MONITOR, "--config", str(cfg), "status", "--json", "--bogus"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 3 and json.loads(p.stdout)["verdict"] == "unknown", p.stdout
 
 
 def secret_config(tmp_path: Path, page_url: str, hook_port: int, level: str = "debug") -> Path:

@@ -128,11 +128,16 @@ def test_a_top_level_source_key_is_an_unknown_key(tmp_path):
 
 
 @pytest.mark.parametrize("url, reason", [
-    ("mysql://u@h/db", "the driver for 'mysql' is not installed (pip install mysqlclient)"),
+    ("mysql://u@h/db", "'mysql' is not supported: use SQLite (sqlite:////path/monitor.db) or PostgreSQL "
+                       "(postgresql+psycopg://user@host/db)"),
+    ("oracle+oracledb://u@h/db", "'oracle' is not supported: use SQLite (sqlite:////path/monitor.db) or PostgreSQL "
+                                 "(postgresql+psycopg://user@host/db)"),
+    ("mssql+pyodbc://u@h/db", "'mssql' is not supported: use SQLite (sqlite:////path/monitor.db) or PostgreSQL "
+                              "(postgresql+psycopg://user@host/db)"),
     ("postgresql+pg8000://u@h/db", "the driver for 'postgresql+pg8000' is not installed (pip install pg8000, "
                                    "or use postgresql+psycopg:// and pip install 'openai-status-monitor[postgres]')"),
 ])
-def test_a_database_driver_that_is_not_installed_is_refused(tmp_path, url, reason):
+def test_a_database_that_is_not_supported_or_whose_driver_is_missing_is_refused(tmp_path, url, reason):
     from helpers import run
 
     p = write(tmp_path, f'[database]\nurl = "{url}"\n')
@@ -140,6 +145,26 @@ def test_a_database_driver_that_is_not_installed_is_refused(tmp_path, url, reaso
     assert (r.exit_code, r.output) == (1, f"Error: {p}: database.url: {reason}\n")
     r = run(p, "status", ok=None)
     assert (r.exit_code, r.output) == (3, f"UNKNOWN: {p}: database.url: {reason}\n")
+
+
+def test_sqlite_older_than_3_35_is_refused_at_start(tmp_path, monkeypatch):
+    """SQLite before 3.35 has no UPDATE ... RETURNING (outbox claims): refused at start, naming the key,
+    not failing at the first delivery. (The library's version is what Python reports; this machine's is
+    newer, so the reported version is lowered for the test.)"""
+    import sqlite3
+
+    from helpers import run
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    p = write(tmp_path, f'[database]\nurl = "sqlite:///{tmp_path}/m.db"\n')
+    reason = ("SQLite 3.34.1 is too old: the monitor needs 3.35 or newer (UPDATE ... RETURNING); use a newer "
+              "Python build or PostgreSQL")
+    r = run(p, "poll", ok=None)
+    assert (r.exit_code, r.output) == (1, f"Error: {p}: database.url: {reason}\n")
+    r = run(p, "status", ok=None)
+    assert (r.exit_code, r.output) == (3, f"UNKNOWN: {p}: database.url: {reason}\n")
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_without_psycopg_a_postgresql_url_names_the_postgres_extra(tmp_path):

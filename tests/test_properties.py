@@ -10,7 +10,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from replay import INCIDENT_FILE_PROCESSING, IncidentIoPage, StatuspagePage, incidentio_incidents
 
@@ -185,3 +185,46 @@ def test_feed_parsers_with_one_element_changed(case, data):
 @given(body=st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
 def test_any_bytes(case, body):
     check(read(case, body))
+
+
+# ------------------------------------------------------------------------------------------------ headers
+
+HEADER_NAMES = ["retry-after", "content-length", "content-encoding", "content-type", "etag", "last-modified"]
+header_values = (st.sampled_from(["99999999999999", "9" * 5000, "-1", "0", "1e9", "²", "Wed, 21 Oct 99999 07:28:00 GMT",
+                                  "Fri, 31 Dec 9999 23:59:59 -2359", "Mon, 01 Jan 0001 00:00:00 +2359", "gzip, gzip",
+                                  "x" * 5000, ""])
+                 | st.integers(min_value=-10**20, max_value=10**20).map(str)
+                 | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
+
+
+@PROPS
+@given(st.sampled_from(["retry-after"]) | st.sampled_from(HEADER_NAMES), header_values,
+       st.sampled_from([200, 429, 503]))
+@example("retry-after", "99999999999999", 503)          # OverflowError in a timedelta, before
+@example("retry-after", "Fri, 31 Dec 9999 23:59:59 -2359", 429)
+@example("content-length", "9" * 5000, 200)              # int() of more than 4300 digits: ValueError
+@example("etag", "x" * 5000, 200)
+def test_any_header_a_page_sends_fails_at_most_its_source(name, value, status):
+    """A real answer (a 200 with a JSON body, or a 429/503) with one header replaced by an arbitrary value:
+    reading it returns the body or raises FetchError, and a Retry-After is at most a day ahead."""
+    import asyncio
+    from datetime import timedelta
+
+    import httpx
+
+    from monitor.sources.http import FetchError, _read, retry_after
+
+    body = b'{"incidents": []}'
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    headers = [(k.encode(), v.encode()) for k, v in {**headers, name: value}.items()]   # bytes, as sent
+    r = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body),
+                       request=httpx.Request("GET", "https://status.openai.com/api/v2/incidents.json"))
+    try:
+        got = asyncio.run(_read(r, "/api/v2/incidents.json", None, None, 1 << 20))
+    except FetchError as exc:
+        if status != 200 and name == "retry-after" and exc.retry_after is not None:
+            assert NOW <= retry_after(value, NOW) <= NOW + timedelta(days=1)
+            assert exc.retry_after <= datetime.now(timezone.utc) + timedelta(days=1, seconds=5)
+        return
+    assert status == 200 and got.body == body
+    assert all(v is None or len(v) <= 1024 for v in (got.etag, got.last_modified, got.content_type))

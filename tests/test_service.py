@@ -280,7 +280,8 @@ def test_abstract_socket_sigint_failing_page_and_journal_priorities(tmp_path, se
             sd.close()
     assert rc == 0 and took < 5, (rc, took, m.stderr)
     assert_clean_log(m.stderr)
-    assert m.stderr.startswith("<6>INFO monitor.service: running: openai every 1 s; messages to the log")
+    assert m.stderr.startswith(f"<6>INFO monitor: store: {tmp_path / 'm.db'} (SQLite)\n"
+                               "<6>INFO monitor.service: running: openai every 1 s; messages to the log")
     assert not re.search(r"^(?!<\d>)", m.stderr, re.M)               # every line has its priority
     assert re.search(r"^<4>WARNING monitor\.service: poll openai: failed: .*HTTP 500", m.stderr, re.M)
     assert "<6>INFO monitor.service: received SIGINT, stopping" in m.stderr
@@ -430,7 +431,13 @@ def test_unit_matches_the_install_layout():
                                        "--config /etc/openai-status-monitor/config.toml run")
     assert directives["EnvironmentFile"] == "-/etc/openai-status-monitor/env"
     assert directives["Type"] == "notify" and directives["NotifyAccess"] == "main"
-    assert directives["StateDirectory"] == "openai-status-monitor" and directives["DynamicUser"] == "yes"
+    assert directives["StateDirectory"] == "openai-status-monitor" and "DynamicUser" not in directives
+    # a fixed user and group, the store group-readable: a monitoring user in the group reads it without root
+    # (a DynamicUser's state directory is under /var/lib/private, 0700)
+    assert directives["User"] == directives["Group"] == "openai-status-monitor"
+    assert (directives["StateDirectoryMode"], directives["UMask"]) == ("0750", "0027")
+    sysusers = (UNIT.parent / "openai-status-monitor.sysusers.conf").read_text()
+    assert re.search(r"^u openai-status-monitor - ", sysusers, re.M)
     assert directives["Restart"] == "on-failure" and int(directives["WatchdogSec"]) > 0
     # stopping takes seconds: the poll is cancelled, a delivery gets DELIVERY_GRACE
     assert int(directives["TimeoutStopSec"]) >= 15

@@ -319,6 +319,7 @@ def test_healthz_503_and_page_stale_when_data_is_old(tmp_path, service):
 
 
 def test_port_in_use_is_one_line(tmp_path):
+    """One line, exit 1, and no leader row left: the process took the lead before it failed to listen."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -330,6 +331,7 @@ def test_port_in_use_is_one_line(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == (
         f"Error: {cfg}: http.listen: cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in out.stderr
+    assert db_rows(tmp_path / "m.db", "select count(*) from leader") == [(0,)]
 
 
 @pytest.mark.parametrize("listen, address", [

@@ -104,18 +104,21 @@ class _Claimed:
     event: str
     payload: str
     created_at: datetime
+    lease_until: datetime | None = None    # the lease this claim set: the fence of its outcome's write
 
 
 def _claim(engine: Engine, row_id: int, now: datetime) -> _Claimed | None:
     """Lease one row to this process, atomically: one UPDATE that succeeds only while the row is still
-    pending and due, so of two processes claiming it at once exactly one gets it."""
+    pending and due, so of two processes claiming it at once exactly one gets it. The lease's end (`now` is
+    taken afresh for each claim) is this claim's fence: _record writes only while the row still holds it."""
+    until = now + timedelta(seconds=LEASE_SECONDS)
     with transaction(engine) as s:
         row = s.execute(update(Outbox)
                         .where(Outbox.id == row_id, Outbox.state == "pending", Outbox.next_attempt_at <= now)
-                        .values(next_attempt_at=now + timedelta(seconds=LEASE_SECONDS), leased_by=PROCESS_TOKEN)
+                        .values(next_attempt_at=until, leased_by=PROCESS_TOKEN)
                         .returning(Outbox.id, Outbox.notifier, Outbox.event, Outbox.payload, Outbox.created_at)
                         ).one_or_none()
-    return None if row is None else _Claimed(*row)    # None: sent, given up or leased by another meanwhile
+    return None if row is None else _Claimed(*row, lease_until=until)   # None: sent, given up or leased meanwhile
 
 
 def _incident_ref(c: _Claimed) -> str:
@@ -132,8 +135,15 @@ def _record(engine: Engine, c: _Claimed, result: SendResult, settings: Settings,
     ns = settings.notify
     error = None if result.ok else scrub(result.error or "unknown error")[:1000]
     with transaction(engine) as s:
-        row = s.get(Outbox, c.id)
+        row = s.get(Outbox, c.id, with_for_update=True)
         if row is None:
+            return True
+        if row.state != "pending" or row.leased_by != PROCESS_TOKEN or (
+                c.lease_until is not None and row.next_attempt_at != c.lease_until):
+            # the lease ran out and another sender (or a new leader) took the row: its state is theirs now
+            log.warning("not recording %s of %s for %s via %s: this process no longer holds the row's lease "
+                        "(another sender took it over)", "the delivery" if result.ok else "the failed attempt",
+                        c.event, _incident_ref(c), c.notifier)
             return True
         row.attempts = (row.attempts or 0) + 1
         row.leased_by = None
@@ -173,14 +183,17 @@ def _attempt(channel: Channel | None, c: _Claimed, settings: Settings, now: date
         return SendResult(False, False, f"{type(exc).__name__}: {exc}")
 
 
-def _run_group(engine: Engine, settings: Settings, channel: Channel | None, ids: list[int], now: datetime,
+def _run_group(engine: Engine, settings: Settings, channel: Channel | None, ids: list[int], now: datetime | None,
                report: DeliveryReport) -> None:
+    def fresh() -> datetime:   # the clock afresh for each claim (a throttled channel's group takes minutes)
+        return now or now_utc()
+
     for n, row_id in enumerate(ids):
-        c = _claim(engine, row_id, now)
+        c = _claim(engine, row_id, fresh())
         if c is None:
             continue
-        result = _attempt(channel, c, settings, now)
-        _record(engine, c, result, settings, now, report)
+        result = _attempt(channel, c, settings, fresh())
+        _record(engine, c, result, settings, fresh(), report)
         if not result.ok and channel is not None and not result.permanent:
             report.add("skipped", len(ids) - n - 1)     # this channel is down: leave the rest for later
             return
@@ -195,7 +208,7 @@ def deliver_due(settings: Settings, engine: Engine, *, now: datetime | None = No
     attempts that will be retried, `gave_up` = rows set "failed", `skipped` = rows left for a later run
     because their channel had just failed. See the module docstring for the guarantees.
     """
-    now = _now(now)
+    fixed, now = now, _now(now)     # a caller's `now` (a test's clock) is used as it is for every claim
     report = DeliveryReport()
     with transaction(engine) as s:
         due = s.execute(select(Outbox.id, Outbox.notifier)
@@ -220,11 +233,11 @@ def deliver_due(settings: Settings, engine: Engine, *, now: datetime | None = No
 
     jobs = [(channel_of(name), ids) for name, ids in groups.items()]
     if len(jobs) == 1:
-        _run_group(engine, settings, jobs[0][0], jobs[0][1], now, report)
+        _run_group(engine, settings, jobs[0][0], jobs[0][1], fixed, report)
     else:
         with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_WORKERS),
                                 thread_name_prefix="notify") as pool:
-            for f in [pool.submit(_run_group, engine, settings, ch, ids, now, report) for ch, ids in jobs]:
+            for f in [pool.submit(_run_group, engine, settings, ch, ids, fixed, report) for ch, ids in jobs]:
                 f.result()
     if report.failed or report.gave_up or report.skipped:
         log.info("delivery: %d sent, %d failed (will retry), %d given up, %d deferred", report.sent,

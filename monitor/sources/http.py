@@ -47,21 +47,36 @@ def client(timeout: float = 10.0) -> httpx.AsyncClient:
     )
 
 
+MAX_RETRY_AFTER = timedelta(days=1)   # a page may ask us to wait at most this long
+MAX_HEADER_CHARS = 1024               # longer validators or content types are not kept (not ours to store)
+
+
 def retry_after(value: str | None, now: datetime) -> datetime | None:
-    """Retry-After as seconds or an HTTP date; capped at one day."""
-    if not value:
+    """Retry-After as seconds or an HTTP date, clamped to [now, now + MAX_RETRY_AFTER]; None when absent or
+    unreadable. Never raises, whatever the page sends (99999999999999 seconds is one day)."""
+    if not value or len(value) > 200:
         return None
     value = value.strip()
+    if value.isascii() and value.isdigit():
+        return now + min(MAX_RETRY_AFTER, timedelta(seconds=min(int(value), 10**9)))
     try:
-        when = now + timedelta(seconds=max(0, int(value)))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-    return min(when, now + timedelta(days=1))
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        return max(now, min(when, now + MAX_RETRY_AFTER))
+    except OverflowError:
+        return None
+
+
+def header(r: httpx.Response, name: str) -> str | None:
+    """A response header as sent, or None when absent or longer than MAX_HEADER_CHARS."""
+    value = r.headers.get(name)
+    return value if value is not None and len(value) <= MAX_HEADER_CHARS else None
 
 
 def _mb(n: int) -> str:
@@ -124,14 +139,14 @@ async def _read(r: httpx.Response, url: str, etag: str | None, last_modified: st
         return Fetched(304, b"", "", etag, last_modified)
     if r.status_code == 429 or r.status_code == 503:
         now = datetime.now(timezone.utc)
-        raise FetchError(f"HTTP {r.status_code} from {url}", retry_after(r.headers.get("retry-after"), now))
+        raise FetchError(f"HTTP {r.status_code} from {url}", retry_after(header(r, "retry-after"), now))
     if r.status_code != 200:
         raise FetchError(f"HTTP {r.status_code} from {url}")
-    enc = r.headers.get("content-encoding", "identity").strip().lower()
+    enc = (header(r, "content-encoding") or "identity").strip().lower()
     if enc not in ("identity", "gzip", ""):
         raise FetchError(f"unexpected content-encoding {enc!r} from {url}")
-    declared = r.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) > max_bytes:
+    declared = (header(r, "content-length") or "").strip()
+    if declared.isdigit() and (len(declared) > 15 or int(declared) > max_bytes):
         raise FetchError(f"response from {url} is larger than {_mb(max_bytes)} ({declared} bytes announced); "
                          "not read")
     inflate = zlib.decompressobj(47) if enc == "gzip" else None
@@ -145,5 +160,4 @@ async def _read(r: httpx.Response, url: str, etag: str | None, last_modified: st
             raise FetchError(f"response from {url} inflates past {_mb(max_bytes)}; stopped reading")
     if inflate is not None and not inflate.eof:
         raise FetchError(f"truncated gzip body from {url}")
-    return Fetched(200, bytes(out), r.headers.get("content-type", ""),
-                   r.headers.get("etag"), r.headers.get("last-modified"))
+    return Fetched(200, bytes(out), header(r, "content-type") or "", header(r, "etag"), header(r, "last-modified"))

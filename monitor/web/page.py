@@ -129,7 +129,8 @@ def _freshness(p, now: datetime) -> dict:
     age = (now - p.last_success_at).total_seconds() if p.last_success_at else None
     return {"name": p.name, "fresh": p.fresh(now),
             "checked": f"last checked {age_words(age)} ago" if age is not None else "never checked successfully",
-            "failures": p.consecutive_failures, "outcome": cap(clean_line(p.last_outcome), 300)}
+            "failures": p.consecutive_failures, "outcome": cap(clean_line(p.last_outcome), 300),
+            "full_outcome": clean_line(p.last_outcome)}     # to show it once when the verdict's reason quotes it
 
 
 # -------------------------------------------------------------------------------------------------- chart
