@@ -27,7 +27,7 @@ def proc_rss_mb(pid: int | str = "self") -> float:
 
 
 def _setup(cfg: str):
-    from monitor import config, db
+    from monitor import config, db, migrate
     from monitor.cli import setup_logging
     from monitor.tags import build_rules
 
@@ -35,7 +35,7 @@ def _setup(cfg: str):
     setup_logging(settings.log.level)
     url = settings.database_url()
     engine = db.make_engine(url)
-    db.upgrade(url, engine)
+    migrate.upgrade(url, engine)
     return settings, engine, build_rules(settings.tags)
 
 
@@ -54,7 +54,7 @@ def w_cpu(a: dict) -> dict:
     async def go():
         from types import SimpleNamespace
 
-        from monitor.db import LeaderLock
+        from monitor.leader import LeaderLock
         from monitor.web.metrics import PollCounts
 
         svc = Service(settings, engine, rules)

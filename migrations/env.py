@@ -9,7 +9,7 @@ schema already there."""
 from alembic import context
 from sqlalchemy import create_engine, event, pool, text
 
-from monitor.db import MIGRATION_LOCK_KEY
+from monitor.migrate import MIGRATION_LOCK_KEY
 from monitor.models import Base
 
 config = context.config

@@ -45,32 +45,33 @@ class Ctx:
 
     def engine(self, *, readonly: bool = False, migrate_in_child: bool = False):
         """The store, migrated to the shipped schema first."""
-        from monitor import db
+        from monitor import db, migrate
 
         url = self.settings.database_url()
         if readonly:     # a store at the shipped schema is read as it is (by a user who may only read it, too)
             eng = db.make_engine(url, readonly=True)
-            if db.current_revision(eng) == db.HEAD_REVISION:
+            if migrate.current_revision(eng) == migrate.HEAD_REVISION:
                 return eng
             eng.dispose()
         eng = db.make_engine(url)
-        db.upgrade(url, eng, in_child=migrate_in_child)
+        migrate.upgrade(url, eng, in_child=migrate_in_child)
         if readonly:
             eng.dispose()
             eng = db.make_engine(url, readonly=True)
         return eng
 
     def reader(self):
-        """A db.Reader on the store (plain SQL, no ORM): one version query when the store is at the shipped
+        """A Reader on the store (plain SQL, no ORM): one version query when the store is at the shipped
         schema, else the store is migrated first."""
-        from monitor import db
+        from monitor import migrate
+        from monitor.reader import Reader
 
         url = self.settings.database_url()
-        reader = db.Reader.open(url)
-        if reader.revision() != db.HEAD_REVISION:
+        reader = Reader.open(url)
+        if reader.revision() != migrate.HEAD_REVISION:
             reader.close()
             self.engine().dispose()
-            reader = db.Reader.open(url)
+            reader = Reader.open(url)
         return reader
 
     def rules(self):
@@ -157,12 +158,12 @@ def poll(c: Ctx, pages, force):
     (after failed polls) or asked us to wait (Retry-After) is skipped, exit 1, unless --force."""
     import asyncio
 
-    from monitor import db
+    from monitor.leader import LeaderLock
     from monitor.notify.deliver import deliver_due
     from monitor.poll import poll_all
 
     settings, engine = c.settings, c.engine()
-    lock = db.LeaderLock(settings.database_url())
+    lock = LeaderLock(settings.database_url())
     try:
         if lock.hold():
             lock.take_over(engine, service=False)
@@ -312,11 +313,11 @@ def db_group():
 @pass_ctx
 def db_upgrade(c: Ctx):
     """Apply the shipped migrations (poll and run do this on start)."""
-    from monitor import db
+    from monitor import db, migrate
 
     url = c.settings.database_url()
-    ran = db.upgrade(url, db.make_engine(url))
-    click.echo(f"{db.safe_url(url)}: " + ("migrated to " if ran else "already at ") + db.HEAD_REVISION)
+    ran = migrate.upgrade(url, db.make_engine(url))
+    click.echo(f"{db.safe_url(url)}: " + ("migrated to " if ran else "already at ") + migrate.HEAD_REVISION)
 
 
 @cli.command()

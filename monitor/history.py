@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from monitor.db import Reader, in_list
+from monitor.reader import Reader, in_list
 from monitor.records import iso_z as _iso, parse_iso
 from monitor.tags import UPLOAD_TAGS
 
@@ -32,7 +32,7 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
             upload_tags: tuple[str, ...] = UPLOAD_TAGS, broad: bool = False) -> list[dict]:
     """Incidents newest first; by default only the upload-related ones (`upload_tags`: the settings'
     `upload_tags`, which include the tags the config adds), with `broad` also the broad outages of any
-    surface. Plain SQL through a db.Reader: this lists tens of thousands of rows, which the ORM would turn
+    surface. Plain SQL through a Reader: this lists tens of thousands of rows, which the ORM would turn
     into objects for nothing."""
     where, params = [], {}
     wanted = list(tags or ()) or (None if all_incidents else list(upload_tags))
@@ -179,7 +179,7 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
     """Open incidents that make the verdict wait (upload-related, or a broad outage of a surface the page
     watches) and each configured page's polling health, for verdict.decide(): the incidents as
     incident_dict() words them, with `broad` (the watched surfaces it takes down) and `upload` (whether it is
-    upload-related), in a few plain queries through a db.Reader."""
+    upload-related), in a few plain queries through a Reader."""
     from monitor.records import OPEN_STATUSES
     from monitor.verdict import PageHealth
 

@@ -200,7 +200,7 @@ class Delivery(Base):
 class Leader(Base):
     """The `monitor run` that polls and delivers (one row, id 1): who it is and since when (its last poll is the
     pages' newest since then). Written by each service that becomes leader; the lock that makes it leader is
-    held elsewhere (see db.LeaderLock)."""
+    held elsewhere (see leader.LeaderLock)."""
 
     __tablename__ = "leader"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -271,7 +271,7 @@ def record(settings, engine, run: ProbeRun, now: datetime | None = None) -> tupl
     """Store one probe's result and move the outage it belongs to; queue the early warning or its all-clear.
     One transaction. Returns (messages queued, the failure's class: openai | user | local | None)."""
     from monitor import history
-    from monitor.db import Reader
+    from monitor.reader import Reader
 
     now = now or datetime.now(timezone.utc)
     with transaction(engine) as s:

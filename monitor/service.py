@@ -1,6 +1,6 @@
 """`monitor run`: the long-running service.
 
-* One leader among any number of `monitor run` on one store (db.LeaderLock: a PostgreSQL advisory lock, a
+* One leader among any number of `monitor run` on one store (LeaderLock in leader.py: a PostgreSQL advisory lock, a
   lock file beside a SQLite store): only the leader polls and delivers. The others stand by (logged once),
   try again every poll interval, and the first to get the lock after the leader died takes over: it delivers
   at once what the dead leader had claimed, and polls at once. Takeover within two poll intervals.
@@ -156,7 +156,7 @@ class Service:
         self.delivering = False
         self.deliver_again = False
         self.leading = False        # this process is the leader: its poll jobs, deliveries and probes do their work
-        self.lock = None            # db.LeaderLock, made in run()
+        self.lock = None            # leader.LeaderLock, made in run()
         self.sched = None
         self.standby_logged = False
         self.took_over = ""
@@ -253,7 +253,8 @@ class Service:
         a dead leader had claimed, deliver what is due and poll every page now."""
         if self.stopping.is_set():
             return
-        from monitor.db import Reader, current_leader
+        from monitor.leader import current_leader
+        from monitor.reader import Reader
 
         was = self.leading
         if self.lock.held_locally:      # a file lock held: one stat() to check it, no thread to start
@@ -325,7 +326,7 @@ class Service:
     async def run(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        from monitor.db import LeaderLock
+        from monitor.leader import LeaderLock
         from monitor.sources.http import client
 
         loop = asyncio.get_running_loop()
@@ -387,7 +388,8 @@ class Service:
     async def _step_down(self) -> None:
         """Remove this process from the leader row (while it leads), then let go of the lock."""
         if self.leading:
-            from monitor.db import safe_error, step_down
+            from monitor.db import safe_error
+            from monitor.leader import step_down
 
             try:
                 await asyncio.to_thread(step_down, self.engine)

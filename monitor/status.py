@@ -3,8 +3,19 @@ service's /status.json): read the store, poll the pages whose data is stale, dec
 text. Stale data never reads as all-clear; any failure is UNKNOWN (exit 3)."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from monitor import db
+from monitor import history as h
+from monitor.config import ConfigError
+from monitor.leader import current_leader
+from monitor.reader import Reader
+from monitor.records import iso_z, short_iso
+from monitor.verdict import CHECKLIST, age_words, broad_words, decide
 
 WORDS = {"wait": "WAIT", "troubleshoot-locally": "TROUBLESHOOT LOCALLY", "unknown": "UNKNOWN"}
 
@@ -17,7 +28,7 @@ class Report:
     polled: list = field(default_factory=list)      # poll.PageResult of the pages polled just now
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     probe: object = None                             # verdict.ProbeHealth, None without [probe]
-    leader: dict | None = None           # db.current_leader(): who polls and delivers, and its last poll
+    leader: dict | None = None           # current_leader(): who polls and delivers, and its last poll
     surface: str | None = None           # the one surface asked about (`status --surface`), else None
     probe_estimate: dict | None = None   # with the probe failing and no incident: how long such waits went on
 
@@ -27,34 +38,27 @@ class StatusFailure(Exception):
 
 
 def read(settings, reader, surface: str | None = None) -> Report:
-    """The verdict from the store alone (no polling). `reader` is a db.Reader, or an SQLAlchemy engine."""
-    from monitor import db
-
-    return _decide(settings, reader if isinstance(reader, db.Reader) else db.Reader(engine=reader), surface)
+    """The verdict from the store alone (no polling). `reader` is a Reader, or an SQLAlchemy engine."""
+    return _decide(settings, reader if isinstance(reader, Reader) else Reader(engine=reader), surface)
 
 
 def from_session(session, settings) -> Report:
     """The store-only verdict inside a transaction the caller holds (the web page reads more in the same one)."""
-    from monitor import db
-
-    return _decide(settings, db.Reader(connection=session.connection()))
+    return _decide(settings, Reader(connection=session.connection()))
 
 
 def _decide(settings, reader, surface: str | None = None) -> Report:
-    from monitor import db
-    from monitor import history as h
-    from monitor.verdict import decide
 
     incidents, health = h.status_inputs(reader, settings)
     probe = h.probe_health(reader, settings)
-    leader = db.current_leader(reader)
+    leader = current_leader(reader)
     now = datetime.now(timezone.utc)
     verdict = decide(incidents, health, now, probe, surface)
     probe_estimate = None
     if verdict.verdict == "wait" and verdict.incidents:   # how long similar incidents went on (monitor.estimate)
         h.add_estimates(reader, verdict.incidents, now)
     elif verdict.verdict == "wait" and probe is not None and probe.since:   # the probe's early warning: as an
-        from monitor.records import iso_z                                  # upload incident of the first page
+        # upload incident of the first page
 
         probe_estimate = {"page": settings.pages[0].name, "tags": ["file-upload"], "impact": None,
                           "started_at": iso_z(probe.since)}
@@ -65,12 +69,8 @@ def _decide(settings, reader, surface: str | None = None) -> Report:
 def gather(settings_factory, reader_factory, rules_factory, surface: str | None = None) -> Report:
     """The verdict as `monitor status` gives it: from the store when every page's data is fresh, else after
     polling the stale pages once. The factories load the settings, open the store (migrated, as a
-    db.Reader) and build the tag rules, so that their failures are answered too. Raises StatusFailure with a
+    Reader) and build the tag rules, so that their failures are answered too. Raises StatusFailure with a
     one-line reason for anything a config, a store or a file system can cause."""
-    from monitor import db
-    from monitor.config import ConfigError
-    from monitor.db import StoreError
-
     try:
         settings = settings_factory()
         reader = reader_factory()
@@ -81,12 +81,10 @@ def gather(settings_factory, reader_factory, rules_factory, surface: str | None 
             stale = [p.name for p in report.health if not p.fresh(report.now)]
             cannot = _cannot_poll(settings.database_url()) if stale else None
             if cannot:    # a user who may only read the store: the verdict from what it holds, and why no poll
-                from monitor.poll import PageResult
+                from monitor.poll import PageResult     # (poll.py and its HTTP client only when it polls)
 
                 report.polled = [PageResult(page=name, skipped=cannot) for name in stale]
             elif stale:  # answer from fresh data only: poll the stale pages once first
-                import asyncio
-
                 from monitor.poll import poll_all
 
                 writer = db.make_engine(settings.database_url())
@@ -100,15 +98,13 @@ def gather(settings_factory, reader_factory, rules_factory, surface: str | None 
             reader.close()
     except StatusFailure:
         raise
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, db.StoreError) as exc:
         raise StatusFailure(str(exc)) from None
     except OSError as exc:
         raise StatusFailure(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from None
     except Exception as exc:
         message = db.describe_error(exc)
         if message is None:  # a bug met on odd data: the answer is UNKNOWN, never a traceback
-            import logging
-
             logging.getLogger("monitor.status").exception("cannot compute the verdict")
             message = f"cannot compute the verdict ({type(exc).__name__}: {exc})"
         raise StatusFailure(message) from None
@@ -117,10 +113,6 @@ def gather(settings_factory, reader_factory, rules_factory, surface: str | None 
 
 def _cannot_poll(url: str) -> str | None:
     """Why this process cannot poll into the store itself (a SQLite store this user may only read), else None."""
-    import os
-
-    from monitor import db
-
     path = db.sqlite_path(url)
     if path is None or db.read_only_mode(path) is None:
         return None
@@ -135,8 +127,6 @@ def failure_json(message: str) -> dict:
 
 def to_json(r: Report) -> dict:
     """The `monitor status --json` object."""
-    from monitor.records import iso_z
-    from monitor.verdict import CHECKLIST
 
     v, now = r.verdict, r.now
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}
@@ -158,7 +148,6 @@ def to_json(r: Report) -> dict:
 
 
 def _probe_json(p, now: datetime) -> dict:
-    from monitor.records import iso_z
 
     return {"last_outcome": p.last_outcome, "last_at": iso_z(p.last_at), "fresh": p.fresh(now),
             "failure_class": p.failure_class, "detail": p.detail, "since": iso_z(p.since),
@@ -166,7 +155,6 @@ def _probe_json(p, now: datetime) -> dict:
 
 
 def _probe_text(p, now: datetime) -> str:
-    from monitor.verdict import age_words
 
     if p.last_at is None:
         return "Probe (Files API): no result yet"
@@ -185,8 +173,6 @@ def _probe_text(p, now: datetime) -> str:
 def to_text(r: Report, checklist: bool = True) -> str:
     """The `monitor status` text: the verdict line, open incidents, each page's freshness, the checklist
     (`checklist=False`: without it, for a reader with more specific advice)."""
-    from monitor.records import short_iso
-    from monitor.verdict import CHECKLIST, age_words, broad_words
 
     v, now = r.verdict, r.now
     skipped = {p.page: p.skipped for p in r.polled if p.skipped}

@@ -250,7 +250,7 @@ def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: 
 def _estimate(session: Session, page_name: str, state: IncidentState, tags: set[str], surfaces: frozenset[str],
               now: datetime) -> tuple[str, dict | None]:
     """The estimate's sentence and JSON for a message, from the page's resolved incidents in this transaction."""
-    from monitor.db import Reader
+    from monitor.reader import Reader
     from monitor.history import add_estimates
 
     d = {"page": page_name, "tags": sorted(tags), "surfaces": sorted(surfaces), "impact": state.impact,

@@ -103,7 +103,7 @@ def test_default_notifier_hears_each_step_of_a_broad_outage_once(tmp_path, opena
             run(cfg, "poll")
         bodies = [r.json() for r in web.requests]
     titles = [b["title"] for b in bodies]
-    expected = ([f"Wait: ChatGPT outage"] + ["Wait: ChatGPT outage"] * (len(first.updates) - 2)
+    expected = (["Wait: ChatGPT outage"] + ["Wait: ChatGPT outage"] * (len(first.updates) - 2)
                 + ["Resolved: ChatGPT outage"]
                 + ["Wait: Elevated error rates for ChatGPT"] * (len(second.updates) - 1)
                 + ["Resolved: Elevated error rates for ChatGPT"])

@@ -237,7 +237,7 @@ def _migrating(db: Path) -> bool:
 def test_sigkill_during_the_first_migration_can_be_restarted(tmp_path):
     """SIGKILL while the first migration's transaction is open (not after it committed): the store is left
     as it was (no table), and the next start migrates it to the head."""
-    from monitor.db import HEAD_REVISION
+    from monitor.migrate import HEAD_REVISION
 
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
     db = tmp_path / "m.db"

@@ -5,20 +5,21 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
-from monitor import db
+from monitor import db, migrate
+from monitor.leader import LeaderLock
 from monitor.models import Component, Incident, Page, Update
 
 
 def test_head_revision_constant_matches_shipped_migrations():
     cfg = Config()
-    cfg.set_main_option("script_location", db.migrations_dir())
-    assert ScriptDirectory.from_config(cfg).get_current_head() == db.HEAD_REVISION
+    cfg.set_main_option("script_location", migrate.migrations_dir())
+    assert ScriptDirectory.from_config(cfg).get_current_head() == migrate.HEAD_REVISION
 
 
 def test_upgrade_creates_schema_once(store_url):
     eng = db.make_engine(store_url)
-    assert db.upgrade(store_url, eng) is True
-    assert db.upgrade(store_url, eng) is False
+    assert migrate.upgrade(store_url, eng) is True
+    assert migrate.upgrade(store_url, eng) is False
     tables = set(inspect(eng).get_table_names())
     assert {"pages", "incidents", "updates", "tags", "outbox", "deliveries", "components", "source_states",
             "leader"} <= tables
@@ -28,7 +29,7 @@ def test_upgrade_creates_schema_once(store_url):
 def test_long_names_and_ids_from_a_page_are_stored(store_url):
     """PostgreSQL enforces VARCHAR(n) (SQLite does not): what a page sends is stored whatever its length."""
     eng = db.make_engine(store_url)
-    db.upgrade(store_url, eng)
+    migrate.upgrade(store_url, eng)
     long = "Files API, uploads and retrieval (" + "x" * 600 + ")"
     now = datetime(2025, 6, 3, tzinfo=timezone.utc)
     with db.transaction(eng) as s:
@@ -54,14 +55,14 @@ def test_migration_0002_keeps_rows_written_under_0001(store_url):
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", db.migrations_dir())
+    cfg.set_main_option("script_location", migrate.migrations_dir())
     cfg.set_main_option("sqlalchemy.url", store_url)
     command.upgrade(cfg, "0001")
     eng = db.make_engine(store_url)
     with eng.begin() as c:
         c.execute(text("insert into pages (name, base_url, consecutive_failures) values ('openai', 'https://x', 0)"))
-    db.upgrade(store_url, eng)
-    assert db.current_revision(eng) == db.HEAD_REVISION
+    migrate.upgrade(store_url, eng)
+    assert migrate.current_revision(eng) == migrate.HEAD_REVISION
     with eng.begin() as c:
         assert c.execute(text("select name from pages")).scalars().all() == ["openai"]
         c.execute(text("update pages set name = :n"), {"n": "y" * 500})
@@ -71,7 +72,7 @@ def test_migration_0002_keeps_rows_written_under_0001(store_url):
 def test_sqlite_pragmas(tmp_path):
     url = f"sqlite:///{tmp_path}/m.db"
     eng = db.make_engine(url)
-    db.upgrade(url, eng)
+    migrate.upgrade(url, eng)
     with eng.connect() as c:
         assert c.execute(text("pragma journal_mode")).scalar() == "wal"
         assert c.execute(text("pragma busy_timeout")).scalar() == db.BUSY_TIMEOUT_MS
@@ -81,7 +82,7 @@ def test_sqlite_pragmas(tmp_path):
 def test_times_round_trip_as_utc(store_url):
     url = store_url
     eng = db.make_engine(url)
-    db.upgrade(url, eng)
+    migrate.upgrade(url, eng)
     pdt = timezone(timedelta(hours=-7))
     with db.transaction(eng) as s:
         s.add(Page(name="p", base_url="https://x", last_poll_at=datetime(2025, 6, 3, 10, 0, tzinfo=pdt),
@@ -94,7 +95,7 @@ def test_times_round_trip_as_utc(store_url):
 def test_failed_transaction_leaves_store_as_it_was(store_url):
     url = store_url
     eng = db.make_engine(url)
-    db.upgrade(url, eng)
+    migrate.upgrade(url, eng)
     try:
         with db.transaction(eng) as s:
             s.add(Page(name="p", base_url="https://x", consecutive_failures=0))
@@ -119,18 +120,18 @@ def test_concurrent_first_migrations_do_not_collide(store_url):
     import time
 
     url, at = store_url, time.time() + 3     # all imports done, then the same moment in every process
-    code = (f"import time; from alembic import command; from monitor import db; import monitor.models; "
-            f"u = {url!r}; e = db.make_engine(u); time.sleep(max(0, {at} - time.time())); db.upgrade(u, e)")
+    code = (f"import time; from alembic import command; from monitor import db, migrate; import monitor.models; "
+            f"u = {url!r}; e = db.make_engine(u); time.sleep(max(0, {at} - time.time())); migrate.upgrade(u, e)")
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(6)]
     errors = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors
-    assert db.current_revision(db.make_engine(url)) == db.HEAD_REVISION
+    assert migrate.current_revision(db.make_engine(url)) == migrate.HEAD_REVISION
 
 
 def test_one_leader_lock_at_a_time(store_url):
     """Two would-be leaders on one store (each as a `monitor run` holds it): one gets it, the other does
     not until the first lets go."""
-    first, second = db.LeaderLock(store_url), db.LeaderLock(store_url)
+    first, second = LeaderLock(store_url), LeaderLock(store_url)
     try:
         assert first.hold() is True
         assert second.hold() is False
@@ -145,7 +146,7 @@ def test_one_leader_lock_at_a_time(store_url):
 def test_a_leader_whose_session_dies_knows_it(pg_url, caplog):
     """The server ends the leader's session (a restart, a keepalive timeout): its next hold() says it no
     longer leads, with one warning, and a standby gets the lock. The session has the server-side keepalives."""
-    leader, standby = db.LeaderLock(pg_url), db.LeaderLock(pg_url)
+    leader, standby = LeaderLock(pg_url), LeaderLock(pg_url)
     admin = db.make_engine(pg_url)
     try:
         assert leader.hold()
@@ -168,7 +169,7 @@ def test_migration_0005_fills_surfaces_for_a_store_of_0004(store_url):
     from alembic import command
 
     cfg = Config()
-    cfg.set_main_option("script_location", db.migrations_dir())
+    cfg.set_main_option("script_location", migrate.migrations_dir())
     cfg.set_main_option("sqlalchemy.url", store_url.replace("%", "%%"))
     command.upgrade(cfg, "0004")
     eng = db.make_engine(store_url)

@@ -244,7 +244,7 @@ def test_retag_after_rule_change(tmp_path, store_url):
 
 def test_db_upgrade_command(tmp_path):
     cfg = write_config(tmp_path, {"openai": "http://127.0.0.1:9"})
-    from monitor.db import HEAD_REVISION      # the shipped head (test_db checks it against Alembic's)
+    from monitor.migrate import HEAD_REVISION      # the shipped head (test_db checks it against Alembic's)
 
     assert run(cfg, "db", "upgrade").stdout.endswith(f"migrated to {HEAD_REVISION}\n")
     assert run(cfg, "db", "upgrade").stdout.endswith(f"already at {HEAD_REVISION}\n")

@@ -14,7 +14,8 @@ import requests
 from sqlalchemy import select
 
 from monitor.config import ConfigError, NotifierSettings, NotifySettings, Settings
-from monitor.db import make_engine, transaction, upgrade
+from monitor.db import make_engine, transaction
+from monitor.migrate import upgrade
 from monitor.models import Delivery, Outbox
 from monitor.notify import channels as ch
 from monitor.notify import deliver as dv
@@ -330,7 +331,7 @@ def test_crash_between_send_and_mark_repeats_at_most_once(engine, monkeypatch):
 def test_a_new_leader_sends_at_once_what_a_dead_one_had_claimed(engine, monkeypatch):
     """A process killed between claim and mark: the next leader makes its row due at once (no 5-minute
     wait for the lease), and leaves its own leases and rows waiting for a retry alone."""
-    from monitor.db import LeaderLock
+    from monitor.leader import LeaderLock
 
     with HTTPServer() as web:
         st = settings(("hook", web.url()))
@@ -496,7 +497,7 @@ def test_apprise_is_imported_only_when_a_notifier_is_configured(tmp_path):
         "import sys, json\n"
         "from datetime import datetime, timezone\n"
         "from monitor.config import Settings\n"
-        "from monitor.db import make_engine, upgrade, transaction\n"
+        "from monitor.db import make_engine, transaction\nfrom monitor.migrate import upgrade\n"
         "from monitor.models import Outbox\n"
         "from monitor.notify.deliver import deliver_due, send_test\n"
         f"url = 'sqlite:///{tmp_path}/m.db'; eng = make_engine(url); upgrade(url, eng)\n"

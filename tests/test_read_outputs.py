@@ -1,4 +1,4 @@
-"""The read commands answer from plain SQL (monitor.db.Reader) without the ORM: their output must stay byte
+"""The read commands answer from plain SQL (monitor.reader.Reader) without the ORM: their output must stay byte
 for byte what the ORM-based commands printed. tests/data/read/ holds the output of the commands before that
 change, on a store built the same way from the replayed status.openai.com history."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from helpers import run, write_config
 from replay import ReplayServer, StatuspagePage
 
-from monitor.db import Reader
+from monitor.reader import Reader
 
 DATA = Path(__file__).parent / "data" / "read"
 BEFORE = "2024-08-19T12:00:00Z"       # an upload incident (433mh2zvfmww, major) opens at 18:51

@@ -93,7 +93,7 @@ def test_a_replaced_lock_file_never_gives_two_leaders(tmp_path, service):  # noq
         os.remove(tmp_path / "m.db.leader")
         b = service(cfg)
         b.wait_log(r"running: .*; leading$")
-        a.wait_log(rf"^WARNING monitor\.db: lost the leader lock: {tmp_path}/m\.db\.leader was removed or replaced "
+        a.wait_log(rf"^WARNING monitor\.leader: lost the leader lock: {tmp_path}/m\.db\.leader was removed or replaced "
                    r"while this process held it; stepping down \(a process that locks the new file leads\)$")
         stepped = a.wait_log(r"^WARNING monitor\.service: no longer the leader: standing by$")
         b.wait_log(r"poll openai: ok")
@@ -112,14 +112,14 @@ def test_a_lock_file_this_user_cannot_read_is_an_error_naming_it(tmp_path):
     0644 whatever the umask, and the service user can flock it read-only."""
     need_root()
     hold = ("import logging, sys\nlogging.basicConfig(format='%(levelname)s %(name)s: %(message)s')\n"
-            "from monitor.db import LeaderLock\nprint(LeaderLock(sys.argv[1]).hold())\n")
+            "from monitor.leader import LeaderLock\nprint(LeaderLock(sys.argv[1]).hold())\n")
     with public_dir() as d:
         lock = d / "m.db.leader"
         lock.touch(mode=0o600)
         lock.chmod(0o600)
         r = as_nobody(hold, f"sqlite:///{d}/m.db")
         assert (r.stdout, r.stderr) == ("False\n", (
-            f"ERROR monitor.db: cannot use the leader lock file {lock}: Permission denied; this process cannot lead "
+            f"ERROR monitor.leader: cannot use the leader lock file {lock}: Permission denied; this process cannot lead "
             f"(poll or deliver): let this user read it (chmod 644 {lock}), or remove it while no monitor runs\n"))
         lock.unlink()
         old = os.umask(0o077)               # as a root shell with a strict umask runs `monitor poll`
@@ -184,7 +184,8 @@ def test_a_sender_that_lost_its_lease_does_not_overwrite_the_new_holders_outcome
     from notify_servers import HTTPServer
     from test_notify_delivery import T0, queue
 
-    from monitor.db import make_engine, transaction, upgrade
+    from monitor.db import make_engine, transaction
+    from monitor.migrate import upgrade
     from monitor.models import Outbox
 
     engine = make_engine(store_url)

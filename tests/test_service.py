@@ -24,7 +24,7 @@ from helpers import db_rows
 from notify_servers import HTTPServer
 from replay import INCIDENT_FILE_PROCESSING, IncidentIoPage, ReplayServer, incidentio_incidents
 
-from monitor.db import HEAD_REVISION
+from monitor.migrate import HEAD_REVISION
 from monitor.service import OneLineFormatter, Service
 
 ROOT = Path(__file__).resolve().parent.parent

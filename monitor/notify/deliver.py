@@ -35,7 +35,8 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from monitor.config import ConfigError, NotifierSettings, Settings
-from monitor.db import PROCESS_TOKEN, transaction
+from monitor.db import transaction
+from monitor.leader import PROCESS_TOKEN
 from monitor.models import Delivery, Outbox
 from monitor.notify.channels import Channel, LogChannel, SendResult, channel_for, scrub
 from monitor.notify.render import render

@@ -58,7 +58,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
 
     from monitor import history as h
     from monitor import status
-    from monitor.db import Reader
+    from monitor.reader import Reader
     from monitor.models import Incident, Page, Update
     from monitor.verdict import CHECKLIST, broad_words
 
