@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine, event, pool, text
 
 from monitor.migrate import MIGRATION_LOCK_KEY
-from monitor.models import Base
+from monitor.tables import metadata
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
@@ -31,13 +31,13 @@ def _engine():
 
 def run() -> None:
     if context.is_offline_mode():
-        context.configure(url=url, target_metadata=Base.metadata, literal_binds=True, render_as_batch=True)
+        context.configure(url=url, target_metadata=metadata, literal_binds=True, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = _engine()
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
                           transactional_ddl=True)
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":

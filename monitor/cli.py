@@ -43,6 +43,21 @@ class Ctx:
                 log.warning("%s", message)
         return self._settings
 
+    def sending_settings(self):
+        """The settings of a command that sends messages (`run`, `poll`, `notify-test`, `check-config`): the
+        notifier URLs checked too, with the same one-line errors as the rest of the config. Only these load
+        apprise: the read commands never do, whatever notifiers are configured."""
+        settings = self.settings
+        if settings.notifiers:
+            from monitor.config import ConfigError
+            from monitor.notify.channels import validate
+
+            try:
+                validate(settings.notifiers)
+            except ConfigError as exc:
+                raise ConfigError(f"{settings.source}: {exc}") from None
+        return settings
+
     def engine(self, *, readonly: bool = False, migrate_in_child: bool = False):
         """The store, migrated to the shipped schema first."""
         from monitor import db, migrate
@@ -73,6 +88,25 @@ class Ctx:
             self.engine().dispose()
             reader = Reader.open(url)
         return reader
+
+    def store(self):
+        """The store for a poll (db.Store): on a SQLite file already at the shipped schema, checked and used with
+        the standard library alone, SQLAlchemy loaded only if the poll has something to write; else migrated
+        first, through SQLAlchemy."""
+        from monitor import migrate
+        from monitor.db import Store
+        from monitor.reader import Reader
+
+        url = self.settings.database_url()
+        if Store(url).path is not None:
+            reader = Reader.open(url)
+            try:
+                current = reader.revision()
+            finally:
+                reader.close()
+            if current == migrate.HEAD_REVISION:
+                return Store(url)
+        return Store(url, engine=self.engine())
 
     def rules(self):
         from monitor.tags import build_rules
@@ -159,18 +193,22 @@ def poll(c: Ctx, pages, force):
     import asyncio
 
     from monitor.leader import LeaderLock
-    from monitor.notify.deliver import deliver_due
+    from monitor.notify.outbox import any_due
     from monitor.poll import poll_all
 
-    settings, engine = c.settings, c.engine()
+    settings, store = c.sending_settings(), c.store()
     lock = LeaderLock(settings.database_url())
     try:
         if lock.hold():
-            lock.take_over(engine, service=False)
-        results = asyncio.run(poll_all(settings, engine, c.rules(), pages=list(pages) or None, force=force))
-        deliver_due(settings, engine)
+            lock.take_over(store, service=False)
+        results = asyncio.run(poll_all(settings, store, c.rules(), pages=list(pages) or None, force=force))
+        if any_due(store, now_utc()):   # nothing due: no channel, renderer or apprise is loaded
+            from monitor.notify.deliver import deliver_due
+
+            deliver_due(settings, store.engine)
     finally:
         lock.release()
+        store.close()
     for r in results:
         if r.ok:
             click.echo(r.summary())
@@ -329,7 +367,7 @@ def run(c: Ctx):
     from monitor import db, service
 
     try:
-        settings = c.settings
+        settings = c.sending_settings()
         if settings.probe:
             settings.probe.api_key(settings.source)     # a missing key is a config error now, not at the first probe
         url = settings.database_url()
@@ -441,11 +479,21 @@ def notify_test(c: Ctx, name):
     """Send a sample message through each channel and report success or the error, per channel."""
     from monitor.notify.deliver import send_test
 
-    results = send_test(c.settings, name)
+    results = send_test(c.sending_settings(), name)
     for notifier, ok, error in results:
         click.echo(f"{notifier}: " + ("sent" if ok else f"FAILED: {error}"))
     if not all(ok for _, ok, _ in results):
         raise click.ClickException("some channels failed")
+
+
+@cli.command("check-config")
+@pass_ctx
+def check_config(c: Ctx):
+    """Check the whole config, notifier URLs included (as `run` does at start), and say what it configures."""
+    settings = c.sending_settings()
+    notifiers = ", ".join(n.name for n in settings.notifiers) or "none (messages go to the log)"
+    click.echo(f"{settings.source}: OK: pages {', '.join(p.name for p in settings.pages)}; notifiers {notifiers}; "
+               f"store {settings.database.url}" + ("; probe on" if settings.probe else ""))
 
 
 # Commands a monitoring system runs, whose exit code is a verdict: anything but 0-2 must read as unknown (3)

@@ -78,6 +78,10 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 def sqlite_path(url: str) -> str | None:
     """The file of a SQLite store (None for other databases and for an in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    if plain := plain_sqlite_path(url):    # (without importing SQLAlchemy)
+        return plain
     from sqlalchemy.engine import make_url
 
     try:
@@ -164,3 +168,124 @@ def plain_sqlite_path(url: str) -> str | None:
     return None
 
 
+
+
+class Store:
+    """The store as a poll uses it. For a plain SQLite file, what a poll that learns nothing new does (its page's
+    row, validators, health, the outbox's due rows) runs on the standard library's sqlite3, and SQLAlchemy is
+    imported only when `engine` is first needed (a change to write, a message to send); for PostgreSQL, and
+    when given an engine (the service), everything goes through SQLAlchemy. `run(sql, params)` runs plain SQL
+    with :name parameters in one transaction of its own (BEGIN IMMEDIATE on SQLite: the writer's lock up
+    front) and returns the rows; times go in and come out as aware UTC datetimes, as the ORM has them."""
+
+    def __init__(self, url: str, engine: Engine | None = None):
+        self.url, self._engine = url, engine
+        self.path = plain_sqlite_path(url) if engine is None else None
+        self._conn = None
+        import threading
+
+        self._lock = threading.Lock()    # one sqlite3 connection, used by one thread at a time
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        return self._engine
+
+    def run(self, sql: str, params: dict | None = None, *, write: bool = True) -> list[tuple]:
+        """One statement in a transaction of its own."""
+        return self.transaction(lambda execute: execute(sql, params), write=write)
+
+    def transaction(self, work, *, write: bool = True):
+        """`work(execute)` in one transaction, `execute(sql, params)` returning the rows: committed when it
+        returns (a read: rolled back), rolled back on any error."""
+        if self.path is None:
+            from sqlalchemy import text
+
+            with (self.engine.begin() if write else self.engine.connect()) as conn:
+                def execute(sql, params=None):
+                    result = conn.execute(text(sql), {k: _naive_utc(v) for k, v in (params or {}).items()})
+                    return [tuple(r) for r in result] if result.returns_rows else []
+                return work(execute)
+        import sqlite3
+
+        if self._conn is None:   # (the first use, before any thread shares it)
+            try:
+                self._conn = sqlite_connect(self.path)
+                for pragma in ("journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON",
+                               "synchronous=NORMAL"):
+                    self._conn.execute(f"PRAGMA {pragma}")
+            except sqlite3.OperationalError as exc:
+                self.close()
+                raise StoreError(f"cannot open the store {self.path}: {_open_failure(self.path, exc)}") from None
+        conn = self._conn
+
+        def execute(sql, params=None):
+            return conn.execute(sql, {k: _sqlite_time(v) for k, v in (params or {}).items()}).fetchall()
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    out = work(execute)
+                    conn.execute("COMMIT" if write else "ROLLBACK")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:   # e.g. a read-only file system: no -wal or -shm to open
+                if "unable to open" not in str(exc):
+                    raise
+                raise StoreError(f"cannot open the store {self.path}: {_open_failure(self.path, exc)}") from None
+            return out
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def write_failure(url: str, exc: Exception) -> str:
+    """One line for a database error met while writing the store: a SQLite store that cannot be opened for
+    writing (a read-only file system, a directory we may not write) says so, with the reason."""
+    why = safe_error(exc)
+    path = sqlite_path(url)
+    if path is not None and "unable to open" in why:
+        return f"cannot open the store {path}: {_open_failure(path, exc)}"
+    return f"cannot write the store: {why}"
+
+
+def _open_failure(path: str, exc: Exception) -> str:
+    """Why SQLite could not open a store, in the operating system's words where it can tell."""
+    import errno
+
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+    except OSError:
+        pass
+    return safe_error(exc)
+
+
+def _naive_utc(v):
+    from datetime import datetime, timezone
+
+    return v.astimezone(timezone.utc).replace(tzinfo=None) if isinstance(v, datetime) else v
+
+
+def _sqlite_time(v):
+    """A datetime as SQLAlchemy's SQLite DateTime stores it (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`), so that the ORM
+    and this module read and compare the same text."""
+    v = _naive_utc(v)
+    return v.strftime("%Y-%m-%d %H:%M:%S.%f") if hasattr(v, "strftime") else v
+
+
+def stored_time(v):
+    """A time read with plain SQL (text on SQLite, a naive datetime elsewhere) as an aware UTC datetime."""
+    from datetime import datetime, timezone
+
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v.replace(tzinfo=timezone.utc)

@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from monitor.reader import Reader, in_list
-from monitor.records import iso_z as _iso, parse_iso
-from monitor.tags import UPLOAD_TAGS
+from monitor.records import UPLOAD_TAGS, iso_z as _iso, parse_iso
 
 if TYPE_CHECKING:  # the ORM is imported only by the commands that show one incident or the outbox
     from sqlalchemy.orm import Session

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from monitor.db import PG_KEEPALIVES, safe_error, sqlite_path, transaction
+from monitor.db import PG_KEEPALIVES, Store, safe_error, sqlite_path
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -149,23 +149,29 @@ class LeaderLock:
             except Exception:
                 pass
 
-    def take_over(self, engine: Engine, *, service: bool) -> int:
+    def take_over(self, store, *, service: bool) -> int:
         """Done once by each new leader: make every outbox row that an earlier process had leased (and died
         with) due now, and, for a service, name itself in the leader row. Returns the number of such rows."""
         import socket
 
-        from sqlalchemy import select, update
-
-        from monitor.models import Leader, Outbox
-
+        if not isinstance(store, Store):
+            store = Store(str(store.url), engine=store)
         now = datetime.now(timezone.utc)
-        with transaction(engine) as s:
+        leased = ("FROM outbox WHERE state = 'pending' AND leased_by IS NOT NULL AND leased_by <> :me")
+
+        def work(execute) -> int:
             if service:
-                s.merge(Leader(id=1, token=PROCESS_TOKEN, host=socket.gethostname(), pid=os.getpid(), since=now))
-            leased = (Outbox.state == "pending", Outbox.leased_by.is_not(None), Outbox.leased_by != PROCESS_TOKEN)
-            if s.scalars(select(Outbox.id).where(*leased).limit(1)).first() is None:
+                execute("DELETE FROM leader WHERE id = 1")
+                execute("INSERT INTO leader (id, token, host, pid, since) VALUES (1, :me, :host, :pid, :now)",
+                        {"me": PROCESS_TOKEN, "host": socket.gethostname(), "pid": os.getpid(), "now": now})
+            elif not execute(f"SELECT id {leased} LIMIT 1", {"me": PROCESS_TOKEN}):
                 return 0     # nothing to write (a read-only store stays readable for a poll to report it)
-            return s.execute(update(Outbox).where(*leased).values(next_attempt_at=now, leased_by=None)).rowcount
+            return len(execute(f"UPDATE outbox SET next_attempt_at = :now, leased_by = NULL WHERE id IN "
+                               f"(SELECT id {leased}) RETURNING id", {"me": PROCESS_TOKEN, "now": now}))
+
+        if not service and not store.run(f"SELECT id {leased} LIMIT 1", {"me": PROCESS_TOKEN}, write=False):
+            return 0         # the usual case, read without taking the write lock
+        return store.transaction(work)
 
 
 def step_down(engine: Engine) -> bool:
@@ -174,10 +180,10 @@ def step_down(engine: Engine) -> bool:
     Called before the lock is released. Returns whether a row was removed."""
     from sqlalchemy import delete
 
-    from monitor.models import Leader
+    from monitor.tables import leader
 
-    with transaction(engine) as s:
-        return s.execute(delete(Leader).where(Leader.id == 1, Leader.token == PROCESS_TOKEN)).rowcount > 0
+    with engine.begin() as conn:
+        return conn.execute(delete(leader).where(leader.c.id == 1, leader.c.token == PROCESS_TOKEN)).rowcount > 0
 
 
 def current_leader(reader: Reader) -> dict | None:

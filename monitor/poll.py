@@ -12,19 +12,24 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from monitor import store
+from monitor import page_state
 from monitor.config import PageSettings, Settings
-from monitor.db import safe_error, transaction
+from monitor.db import Store, StoreError, describe_error, transaction, write_failure
 from monitor.merge import merge
-from monitor.models import Page
 from monitor.records import IncidentRec, SourceResult, now_utc
 from monitor.sources import detect, kind as page_kind
 from monitor.sources.common import Context, PageKind, ParseError, by_cause, cause, one_line
 from monitor.sources.http import FetchError, Fetched, client, fetch
 
 log = logging.getLogger("monitor.poll")
+
+
+def _store():
+    """monitor.store, and with it the ORM and the models: imported only when a poll has something to read or
+    write beyond the page's row (a poll that learns nothing new never needs them; start-up time)."""
+    from monitor import store
+
+    return store
 
 MAX_DETAILS_PER_POLL = 30
 CATCH_UP_PER_POLL = 5
@@ -76,8 +81,11 @@ def body_hash(path: str, body: bytes) -> str:
 class _Poll:
     """The state of one page's poll while it runs."""
 
-    def __init__(self, settings: Settings, ps: PageSettings, engine, http, rules):
-        self.settings, self.ps, self.engine, self.http, self.rules = settings, ps, engine, http, rules
+    def __init__(self, settings: Settings, ps: PageSettings, store, http, rules):
+        # `store`: a db.Store, or an engine (the service's, the tests'): the page's row goes through it, and
+        # the engine (SQLAlchemy) is made only when something is to be written
+        self.store = store if isinstance(store, Store) else Store(settings.database_url(), engine=store)
+        self.settings, self.ps, self.http, self.rules = settings, ps, http, rules
         self.max_bytes = int(ps.max_response_mb * (1 << 20))
         self.result = PageResult(page=ps.name)
         self.retry_after: datetime | None = None
@@ -87,12 +95,16 @@ class _Poll:
         self.timeline_failed: dict[str, str] = {}   # timeline path -> cause, to back off
         self.timeline_ok: list[str] = []
 
+    @property
+    def engine(self):
+        return self.store.engine
+
     def url(self, path: str) -> str:
         return self.ps.base_url + path
 
     def known(self):
-        """store.known_page() for this page: its row, validators and the incidents to catch up on."""
-        return store.known_page(self.engine, self.ps.name, self.ps.base_url,
+        """page_state.known_page() for this page: its row, validators and the incidents to catch up on."""
+        return page_state.known_page(self.store, self.ps.name, self.ps.base_url,
                                 CATCH_UP_PER_POLL + MAX_DETAILS_PER_POLL)
 
     async def get(self, path: str, state=None) -> Fetched:
@@ -141,17 +153,20 @@ async def poll_page(settings: Settings, ps: PageSettings, engine, http, rules, *
     p = _Poll(settings, ps, engine, http, rules)
     try:
         return await _poll_page(p, started, backfill, force, ignore_backoff)
-    except SQLAlchemyError as exc:
-        return _failed(p, started, f"cannot write the store: {safe_error(exc)}")
+    except StoreError as exc:
+        return _failed(p, started, str(exc))
     except Exception as exc:  # noqa: BLE001 - one page's failure never hides another page's result
+        if describe_error(exc) is not None:     # the database's (SQLAlchemy's or sqlite3's)
+            return _failed(p, started, write_failure(settings.database_url(), exc))
         log.exception("page %s: poll failed", ps.name)
         res = _failed(p, started, f"poll failed ({type(exc).__name__}: {one_line(exc)})")
         try:
             known = await asyncio.to_thread(p.known)
             if known is not None:
                 await asyncio.to_thread(_record_failure, p, known[0], now_utc())
-        except SQLAlchemyError:
-            pass
+        except Exception as store_exc:  # noqa: BLE001 - a store that fails too: the page's failure is told
+            if describe_error(store_exc) is None:
+                raise
         return res
 
 
@@ -164,7 +179,7 @@ def _failed(p: _Poll, started: float, why: str) -> PageResult:
 
 
 async def _poll_page(p: _Poll, started: float, backfill: bool, force: bool, ignore_backoff: bool) -> PageResult:
-    settings, ps, engine, http, rules = p.settings, p.ps, p.engine, p.http, p.rules
+    settings, ps, store, http, rules = p.settings, p.ps, p.store, p.http, p.rules
     res = p.result
     now = p.ctx.now
     known = await asyncio.to_thread(_known_or_created, p)
@@ -203,7 +218,7 @@ async def _poll_page(p: _Poll, started: float, backfill: bool, force: bool, igno
     await asyncio.to_thread(_apply, p, page_id, parsed, details, new_states, comps, first_poll, now)
     if backfill and first_poll and ps.history_days > 0 and kind.history:
         try:
-            bf = await run_backfill(settings, ps, engine, http, rules, since=now - timedelta(days=ps.history_days))
+            bf = await run_backfill(settings, ps, store, http, rules, since=now - timedelta(days=ps.history_days))
             res.errors += [f"backfill: {e}" for e in bf.errors]
         except Exception as exc:  # noqa: BLE001 - the poll itself succeeded; `monitor backfill` retries
             res.errors.append(f"backfill: {type(exc).__name__}: {one_line(exc)}")
@@ -319,6 +334,7 @@ async def _fetch_timelines(p: _Poll, kind: PageKind, page_id: int, by_id: dict[s
     wanted = []
     if by_id:
         rows = await asyncio.to_thread(_load_incidents, p.engine, page_id, by_id)
+        store = _store()
         for iid, recs in by_id.items():
             row = rows.get(iid)
             prev = store.to_state(row) if row is not None else None
@@ -363,9 +379,11 @@ def _apply(p: _Poll, page_id, parsed, details, new_states, comps, first_poll, no
         by_id[rec.page_incident_id].append(rec)
     if (not by_id and not new_states and comps is None and not first_poll and not p.timeline_failed
             and not p.time_zone):
-        store.record_success(p.engine, page_id, now, p.retry_after, _outcome(p.result))   # nothing learnt: one UPDATE
+        page_state.record_success(p.store, page_id, now, p.retry_after, _outcome(p.result))  # nothing learnt
         res.unchanged = True
         return
+    store = _store()
+    from monitor.models import Page
     with transaction(p.engine) as s:
         # the page's row locked first: two polls of one page (a hand-run poll beside the service) apply one
         # after the other on every database (SQLite's BEGIN IMMEDIATE already does; on PostgreSQL the second
@@ -404,21 +422,21 @@ def _outcome(res: PageResult) -> str:
 
 
 def _record_failure(p: _Poll, page_id: int, now: datetime) -> None:
-    """Count the failure and back off (see store.record_failure); warn once it has lasted."""
+    """Count the failure and back off (see page_state.record_failure); warn once it has lasted."""
     res = p.result
-    fails = store.record_failure(p.engine, page_id, now, _outcome(res), p.ps.poll_interval, BACKOFF_CAP,
+    fails = page_state.record_failure(p.store, page_id, now, _outcome(res), p.ps.poll_interval, BACKOFF_CAP,
                                  p.retry_after)
     if fails >= WARN_AFTER_FAILURES:
         log.warning("page %s: %d polls in a row failed: %s", p.ps.name, fails, "; ".join(res.errors))
 
 
-async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules, *, since: datetime,
+async def run_backfill(settings: Settings, ps: PageSettings, store, http, rules, *, since: datetime,
                        details: bool = False) -> PageResult:
     """Older incidents the page still offers, stored without notifying (history is not news): the page's
     kind fetches them with the fetch function it is given."""
-    p = _Poll(settings, ps, engine, http, rules)
+    p = _Poll(settings, ps, store, http, rules)
     now = p.ctx.now
-    page_id, stored_kind = await asyncio.to_thread(_page_row, engine, ps)
+    page_id, stored_kind = await asyncio.to_thread(_page_row, p.engine, ps)
     name = ps.kind if ps.kind != "auto" else stored_kind
     if name is None:
         name = await _detect(p)
@@ -434,28 +452,30 @@ async def run_backfill(settings: Settings, ps: PageSettings, engine, http, rules
     p.result.ok = bool(got.answered)
     if p.result.ok:
         await asyncio.to_thread(_apply, p, page_id, got.results, [], {}, None, False, now, silent=True)
-        await asyncio.to_thread(_set_backfilled, engine, page_id, since)
+        await asyncio.to_thread(_set_backfilled, p.engine, page_id, since)
     return p.result
 
 
-async def poll_all(settings: Settings, engine, rules, *, pages=None, force: bool = False) -> list[PageResult]:
-    """Poll every page at once; one page's failure never stops the others."""
+async def poll_all(settings: Settings, store, rules, *, pages=None, force: bool = False) -> list[PageResult]:
+    """Poll every page at once; one page's failure never stops the others. `store`: a db.Store (or an engine)."""
     targets = [settings.page(n) for n in pages] if pages else list(settings.pages)
+    if not isinstance(store, Store):
+        store = Store(settings.database_url(), engine=store)
     async with client() as http:
-        return list(await asyncio.gather(*(poll_page(settings, ps, engine, http, rules, force=force)
+        return list(await asyncio.gather(*(poll_page(settings, ps, store, http, rules, force=force)
                                            for ps in targets)))
 
 
 def _known_or_created(p: _Poll):
     """p.known(), creating (or re-pointing) the page's row first when needed. Two processes creating it at
     once: the one whose INSERT loses reads the winner's row."""
-    from sqlalchemy.exc import IntegrityError
-
     known = p.known()
     if known is None:  # first poll of this page, or its base_url changed: the ORM creates/updates the row
+        from sqlalchemy.exc import IntegrityError
+
         try:
             with transaction(p.engine) as s:
-                store.get_page(s, p.ps.name, p.ps.base_url)
+                _store().get_page(s, p.ps.name, p.ps.base_url)
         except IntegrityError:
             pass
         known = p.known()
@@ -464,15 +484,17 @@ def _known_or_created(p: _Poll):
 
 def _page_row(engine, ps: PageSettings) -> tuple[int, str | None]:
     with transaction(engine) as s:
-        page = store.get_page(s, ps.name, ps.base_url)
+        page = _store().get_page(s, ps.name, ps.base_url)
         return page.id, page.kind
 
 
 def _load_incidents(engine, page_id: int, ids) -> dict:
     with transaction(engine) as s:
-        return store.load_incidents(s, page_id, ids)
+        return _store().load_incidents(s, page_id, ids)
 
 
 def _set_backfilled(engine, page_id: int, since: datetime) -> None:
+    from monitor.models import Page
+
     with transaction(engine) as s:
         s.get(Page, page_id).backfilled_since = since

@@ -324,7 +324,7 @@ def _page_posted(s, since: datetime, upload_tags) -> bool:
 
 
 def _queue(s, settings, outage: ProbeOutage, event: str, now: datetime) -> int:
-    from monitor.store import queue_message
+    from monitor.notify.outbox import queue_message
 
     return queue_message(s, incident_id=None, key=f"probe:{outage.id}:{event}", event=event, tags={PROBE_TAG},
                          impact=PROBE_IMPACT, notifiers=settings.notifiers, now=now,

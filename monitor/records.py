@@ -12,6 +12,8 @@ OPEN_STATUSES = ("investigating", "identified", "monitoring", "in_progress", "ve
 CLOSED_STATUSES = ("resolved", "postmortem")
 UNKNOWN_STATUS = "unknown"     # a status word nobody mapped: never open, never resolved
 IMPACTS = ("none", "minor", "major", "critical")     # least to most severe
+UPLOAD_TAGS = ("file-upload", "file-expired", "data-analysis")   # the built-in upload-related tags
+LOG_NOTIFIER = "log"    # the notifier messages go to when none is configured (a name no notifier may take)
 
 
 def impact_rank(impact: str | None) -> int:

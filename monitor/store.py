@@ -1,38 +1,24 @@
-"""The store side of a poll: what a poll reads first (the page's row, its sources' validators), applying merged
-changes (incidents, updates, components, tags, and the outbox rows that say what to tell people, all in the
-caller's one transaction, so a change and its message land together), and the page's polling health."""
+"""The write side of a poll that learnt something: applying merged changes (incidents, updates, components,
+tags, surfaces, and the outbox rows that say what to tell people, see notify/outbox.py), all in the caller's
+one transaction, so that a change and its message land together; and the validators of the sources that
+answered. The page's row before and after a poll is page_state.py's (Core, no ORM)."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from monitor.merge import Change, IncidentState
 from monitor.models import (
-    Component, Incident, IncidentComponent, Outbox, Page, SourceState, Surface, Tag, Update,
+    Component, Incident, IncidentComponent, Page, SourceState, Surface, Tag, Update,
 )
-from monitor.records import ComponentRec, UpdateRec, backoff, iso_z as _iso
+from monitor.notify.outbox import queue
+from monitor.records import UPLOAD_TAGS, ComponentRec, UpdateRec
 from monitor.sources.common import text_key
 from monitor.surfaces import DEFAULT_SURFACE_RULES, classify
-from monitor.tags import UPLOAD_TAGS, Rule, TagMatch, tag_incident
-
-LOG_NOTIFIER = "log"
-
-
-class LogNotifier:
-    """With no notifier configured, messages go to the log: the default filters, so a first run shows them."""
-
-    name = LOG_NOTIFIER
-
-    def __init__(self, upload_tags: Sequence[str] = UPLOAD_TAGS):
-        self.upload_tags = tuple(upload_tags)
-
-    def wants(self, tags: set[str], event: str, impact: str, surfaces: frozenset[str] = frozenset()) -> bool:
-        return bool(tags.intersection(self.upload_tags) or surfaces)
+from monitor.tags import Rule, TagMatch, tag_incident
 
 
 def get_page(session: Session, name: str, base_url: str) -> Page:
@@ -213,160 +199,7 @@ def write_surfaces(row: Incident, matches: Sequence[TagMatch]) -> None:
     row.surfaces = [Surface(surface=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
 
 
-def payload(state: IncidentState, event: str, tags: set[str], page_name: str,
-            upload_tags: Sequence[str] = UPLOAD_TAGS, surfaces: frozenset[str] = frozenset()) -> dict:
-    """What a message says, frozen when it is decided (rendered per channel at delivery). `reopened`: the
-    incident was resolved before (a reopening says wait again; its next resolution, resolved again)."""
-    last = state.latest_update()
-    text_update = next((u for u in reversed(state.updates) if u.body), None)
-    return {
-        "event": event, "page": page_name, "id": state.page_incident_id, "title": state.title, "url": state.url,
-        "status": state.status, "impact": state.impact, "tags": sorted(tags),
-        "uploads": bool(tags.intersection(upload_tags)), "reopened": state.reopened,
-        "surfaces": sorted(surfaces), "maintenance": state.impact == "maintenance",
-        "scheduled_until": _iso(state.scheduled_until),
-        "components": [c.name for c in state.components if c.name],
-        "started_at": _iso(state.started_at), "resolved_at": _iso(state.resolved_at),
-        "update": {"status": last.status if last else None,
-                   "body": text_update.body if text_update else "",
-                   "published_at": _iso(last.published_at) if last else None},
-    }
-
-
-def queue(session: Session, incident_id: int, page_name: str, ch: Change, tags: set[str], notifiers: Sequence,
-          now: datetime, *, upload_tags: Sequence[str] = UPLOAD_TAGS, surfaces: frozenset[str] = frozenset()) -> int:
-    """Outbox rows for every notifier that wants this event; a key already queued is never queued again."""
-    def body() -> dict:
-        p = payload(ch.state, ch.event, tags, page_name, upload_tags, surfaces)
-        if ch.event in ("opened", "updated") and ch.state.is_open:     # how long similar incidents went on
-            p["estimate"], p["expected_resolution"] = _estimate(session, page_name, ch.state, tags, surfaces, now)
-        return p
-
-    return queue_message(session, incident_id=incident_id, key=f"{page_name}:{ch.dedupe_key}", event=ch.event,
-                         tags=tags, impact=ch.state.impact, notifiers=notifiers, now=now, upload_tags=upload_tags,
-                         surfaces=surfaces, body=body)
-
-
-def _estimate(session: Session, page_name: str, state: IncidentState, tags: set[str], surfaces: frozenset[str],
-              now: datetime) -> tuple[str, dict | None]:
-    """The estimate's sentence and JSON for a message, from the page's resolved incidents in this transaction."""
-    from monitor.reader import Reader
-    from monitor.history import add_estimates
-
-    d = {"page": page_name, "tags": sorted(tags), "surfaces": sorted(surfaces), "impact": state.impact,
-         "components": [c.name for c in state.components if c.name], "started_at": _iso(state.started_at)}
-    add_estimates(Reader(connection=session.connection()), [d], now)
-    return d["estimate"], d["expected_resolution"]
-
-
-def queue_message(session: Session, *, incident_id: int | None, key: str, event: str, tags: set[str], impact: str,
-                  notifiers: Sequence, now: datetime, body, upload_tags: Sequence[str] = UPLOAD_TAGS,
-                  surfaces: frozenset[str] = frozenset()) -> int:
-    """Outbox rows under `key` for every notifier that wants (tags, event, impact, broad-outage surfaces), each
-    key at most once per notifier (with none configured, the log, which wants `upload_tags` and every watched
-    surface); `body()` makes the payload. Returns the number of rows queued."""
-    targets = [n.name for n in (notifiers or [LogNotifier(upload_tags)]) if n.wants(tags, event, impact, surfaces)]
-    if not targets:
-        return 0
-    have = set(session.scalars(select(Outbox.notifier).where(Outbox.dedupe_key == key,
-                                                              Outbox.notifier.in_(targets))))
-    text = json.dumps(body(), sort_keys=True)
-    n = 0
-    for name in targets:
-        if name in have:
-            continue
-        session.add(Outbox(incident_id=incident_id, notifier=name, event=event, dedupe_key=key, payload=text,
-                           state="pending", attempts=0, created_at=now, next_attempt_at=now))
-        n += 1
-    return n
-
-
 # ------------------------------------------------------------------------------------------- a poll's rows
-
-# What every poll reads and writes first, built once (statement construction and cache-key generation per call
-# cost more than the SQL itself on an unchanged poll)
-_KNOWN = (select(Page.id, Page.kind, Page.first_poll_at, Page.not_before, Page.base_url, Page.time_zone,
-                 Page.consecutive_failures, Page.last_poll_at,
-                 SourceState.path, SourceState.etag, SourceState.last_modified, SourceState.body_hash,
-                 SourceState.fetched_at, SourceState.last_error)
-          .outerjoin(SourceState, SourceState.page_id == Page.id).where(Page.name == bindparam("name")))
-# stored incidents still missing their timeline (incident.io), fetched a few per poll
-_CATCH_UP = (select(Incident.page_incident_id)
-             .where(Incident.page_id == bindparam("pid"), Incident.timeline_complete.is_(False))
-             .order_by(Incident.started_at.desc()).limit(bindparam("n")))
-_HEALTHY = (update(Page).where(Page.id == bindparam("pid")).values(
-    last_poll_at=bindparam("now"), last_success_at=bindparam("now"), consecutive_failures=0,
-    not_before=bindparam("nb"), last_outcome=bindparam("outcome")))
-
-
-@dataclass(frozen=True, slots=True)
-class SourceValidators:
-    """A source's stored validators, as read before a poll (for a timeline: when and why it last failed)."""
-    path: str
-    etag: str | None
-    last_modified: str | None
-    body_hash: str | None
-    fetched_at: datetime | None
-    last_error: str | None = None
-
-
-def known_page(engine, name: str, base_url: str, catch_up: int):
-    """The page's row, its sources' validators and the newest `catch_up` incidents still missing a timeline,
-    in one short read with Core (no ORM session): (id, kind, first poll?, not_before, validators by path,
-    catch-up ids, time_zone, Hold). None when the row is missing or its base_url changed."""
-    with engine.begin() as conn:
-        rows = conn.execute(_KNOWN, {"name": name}).all()
-        if not rows or rows[0].base_url != base_url:
-            return None
-        r0 = rows[0]
-        catch_up = list(conn.execute(_CATCH_UP, {"pid": r0.id, "n": catch_up}).scalars())
-    states = {r.path: SourceValidators(r.path, r.etag, r.last_modified, r.body_hash, r.fetched_at, r.last_error)
-              for r in rows if r.path}
-    return (r0.id, r0.kind, r0.first_poll_at is None, r0.not_before, states, catch_up, r0.time_zone,
-            Hold(r0.not_before, r0.consecutive_failures or 0, r0.last_poll_at))
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Why a page is not to be polled before `until`: the page's own Retry-After, or our back-off after
-    failed polls (record_failure). The two are told apart without storing which: our back-off is exactly
-    backoff(failures - 1) after the last poll, and only exists from the second failure on."""
-    until: datetime | None
-    failures: int
-    last_poll_at: datetime | None
-
-    def ours(self, interval: float, cap: float) -> bool:
-        if self.until is None or self.failures < 2 or self.last_poll_at is None:
-            return False
-        wait = self.last_poll_at + timedelta(seconds=backoff(self.failures - 1, interval, cap))
-        return self.until <= wait + timedelta(seconds=1)
-
-    def words(self, interval: float, cap: float) -> str:
-        if self.ours(interval, cap):
-            return f"backing off after {self.failures} failed polls until {self.until:%H:%M:%S} UTC"
-        return f"the page asked us to wait until {self.until:%H:%M:%S} UTC"
-
-
-def record_success(engine, page_id: int, now: datetime, not_before: datetime | None, outcome: str) -> None:
-    """A poll that learnt nothing new: one UPDATE of the page's health."""
-    with engine.begin() as conn:
-        conn.execute(_HEALTHY, {"pid": page_id, "now": now, "nb": not_before, "outcome": outcome})
-
-
-def record_failure(engine, page_id: int, now: datetime, outcome: str, interval: float, cap: float,
-                   retry_after: datetime | None) -> int:
-    """Count a failed poll (in SQL: two processes failing at once both count) and back off (capped, whatever
-    the count); nothing else is touched. Returns the failures in a row."""
-    with engine.begin() as conn:
-        fails = conn.execute(
-            update(Page).where(Page.id == page_id)
-            .values(consecutive_failures=Page.consecutive_failures + 1, last_poll_at=now, last_outcome=outcome)
-            .returning(Page.consecutive_failures)).scalar_one()
-        wait = now + timedelta(seconds=backoff(fails - 1, interval, cap)) if fails >= 2 else None
-        conn.execute(update(Page).where(Page.id == page_id).values(
-            not_before=max((t for t in (wait, retry_after) if t), default=None)))
-    return fails
-
 
 def _state_rows(s: Session, page_id: int, paths: Iterable[str]):
     """(path, its source_states row) for each of `paths`, a new row where there is none yet."""

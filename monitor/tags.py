@@ -24,12 +24,11 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace as _dc_replace
-from monitor.records import cap
+from monitor.records import UPLOAD_TAGS, cap
 from monitor.sources.common import strip_html
 
 __all__ = ["UPLOAD_TAGS", "Rule", "TagMatch", "DEFAULT_RULES", "build_rules", "tag_incident"]
 
-UPLOAD_TAGS: tuple[str, ...] = ("file-upload", "file-expired", "data-analysis")
 
 SNIPPET_MAX = 200
 

@@ -85,7 +85,10 @@ def test_url_env_keeps_secret_out_of_file(tmp_path, monkeypatch):
     os.chmod(p, 0o644)
     warnings = []
     s = config.load(p, warn=warnings.append)
-    # no warning about a readable file (it holds no secret); only that the variable is not set here
+    assert warnings == []       # no warning about a readable file: it holds no secret
+    from monitor.notify.channels import validate
+
+    validate(s.notifiers, warn=warnings.append)   # what the commands that send check: the variable is not set here
     assert warnings == ["notifier slack: environment variable MY_SLACK is not set; its messages will fail"]
     with pytest.raises(ConfigError, match="MY_SLACK is not set"):
         s.notifiers[0].resolved_url()
@@ -203,7 +206,8 @@ def test_a_sqlite_url_is_accepted_without_importing_sqlalchemy(tmp_path, scheme)
 
 def test_an_unset_url_env_is_one_formatted_warning(tmp_path):
     """A notifier whose url_env variable is not set is warned about once, as a log line (not raw text
-    printed while the config loads), by every command: here `monitor history`."""
+    printed while the config loads), by the commands that send: here `monitor check-config`; a read command
+    (`monitor history`) says nothing of notifiers at all."""
     import subprocess
     import sys
     from pathlib import Path
@@ -214,6 +218,10 @@ def test_an_unset_url_env_is_one_formatted_warning(tmp_path):
     monitor = str(Path(sys.executable).with_name("monitor"))
     out = subprocess.run([monitor, "--config", str(p), "history"], capture_output=True, text=True, env=env,
                          timeout=60)
-    assert (out.returncode, out.stdout) == (0, "No matching incidents stored. (Try --all.)\n"), out.stderr
-    assert out.stderr == ("WARNING monitor: notifier slack: environment variable MONITOR_TEST_UNSET_URL is not "
-                          "set; its messages will fail\n")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "No matching incidents stored. (Try --all.)\n", "")
+    out = subprocess.run([monitor, "--config", str(p), "check-config"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert (out.returncode, out.stdout) == (
+        0, f"{p}: OK: pages openai; notifiers slack; store sqlite:///{tmp_path / 'm.db'}\n"), out.stderr
+    assert out.stderr == ("WARNING monitor.notify: notifier slack: environment variable MONITOR_TEST_UNSET_URL is "
+                          "not set; its messages will fail\n")

@@ -191,3 +191,21 @@ def test_migration_0005_fills_surfaces_for_a_store_of_0004(store_url):
         (1, "chatgpt", "chatgpt/named", "title", "ChatGPT outage"),
         (3, "api", "api/core-component", "component", "Chat Completions (full_outage)")]
     eng.dispose()
+
+
+def test_core_tables_match_the_migrated_schema(store_url):
+    """tables.py (what the code reads and writes with) says what the shipped migrations create: Alembic finds
+    no table, column, nullability, index or unique constraint to add or drop."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from monitor.tables import metadata
+
+    eng = db.make_engine(store_url)
+    migrate.upgrade(store_url, eng)
+    with eng.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": False})
+        diffs = [d for d in compare_metadata(ctx, metadata)
+                 if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")]
+    eng.dispose()
+    assert diffs == []

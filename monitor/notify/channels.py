@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from monitor.config import ConfigError, NotifierSettings
 from monitor.notify.render import Message
+from monitor.records import LOG_NOTIFIER
 
 log = logging.getLogger("monitor.notify")
 
@@ -227,7 +228,7 @@ class Channel:
 class LogChannel(Channel):
     """The `log` notifier: each message is one INFO line (title and the body's lines joined by " | ")."""
 
-    def __init__(self, name: str = "log"):
+    def __init__(self, name: str = LOG_NOTIFIER):
         super().__init__(name)
         self.display = "log"
 

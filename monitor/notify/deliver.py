@@ -40,11 +40,10 @@ from monitor.leader import PROCESS_TOKEN
 from monitor.models import Delivery, Outbox
 from monitor.notify.channels import Channel, LogChannel, SendResult, channel_for, scrub
 from monitor.notify.render import render
-from monitor.records import backoff, iso_z, now_utc
+from monitor.records import LOG_NOTIFIER, backoff, iso_z, now_utc
 
 log = logging.getLogger("monitor.notify")
 
-LOG_NOTIFIER = "log"
 LEASE_SECONDS = 300          # longer than one send can take (apprise timeouts, SMTP, throttling)
 MAX_WORKERS = 8
 

@@ -1,4 +1,4 @@
-"""Pure: one outbox payload (see ``monitor.store.payload``) becomes the message a person reads.
+"""Pure: one outbox payload (see ``monitor.notify.outbox.payload``) becomes the message a person reads.
 
 Every string in the payload comes from a status page, so it is third-party text: control and bidi characters
 are stripped, runs of blank lines collapsed, and it is escaped for the target format:
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from monitor.records import cap, parse_iso
-from monitor.tags import UPLOAD_TAGS
+from monitor.records import UPLOAD_TAGS, cap, parse_iso
 from monitor.verdict import CHECKLIST, age_words
 
 FORMATS = ("text", "slack", "email")

@@ -6,6 +6,7 @@ counter is present at 0 from the start, so `rate()` and `increase()` work from t
 from __future__ import annotations
 
 from monitor import sources
+from monitor.records import LOG_NOTIFIER
 
 
 def list_paths(kind: str | None) -> tuple[str, ...]:
@@ -109,7 +110,7 @@ class StoreCollector:
 
         messages = GaugeMetricFamily("monitor_outbox_messages", "Messages pending delivery or given up on, "
                                      "per notifier.", labels=["notifier", "state"])
-        notifiers = [n.name for n in self.settings.notifiers] or ["log"]
+        notifiers = [n.name for n in self.settings.notifiers] or [LOG_NOTIFIER]
         for name in dict.fromkeys(notifiers + [n for n, _ in outbox]):
             for state in ("pending", "failed"):
                 messages.add_metric([name, state], outbox.get((name, state), 0))
