@@ -44,9 +44,10 @@ class Ctx:
         return self._settings
 
     def sending_settings(self):
-        """The settings of a command that sends messages (`run`, `poll`, `notify-test`, `check-config`): the
-        notifier URLs checked too, with the same one-line errors as the rest of the config. Only these load
-        apprise: the read commands never do, whatever notifiers are configured."""
+        """The settings of a command that sends messages (`run`, `notify-test`, `check-config`, and `poll` when a
+        message is due): the notifier URLs checked too, with the same one-line errors as the rest of the
+        config. Only these load apprise: the read commands never do, whatever notifiers are configured, and
+        neither does a poll with nothing to send (run from cron every minute, it stays light)."""
         settings = self.settings
         if settings.notifiers:
             from monitor.config import ConfigError
@@ -196,7 +197,7 @@ def poll(c: Ctx, pages, force):
     from monitor.notify.outbox import any_due
     from monitor.poll import poll_all
 
-    settings, store = c.sending_settings(), c.store()
+    settings, store = c.settings, c.store()
     lock = LeaderLock(settings.database_url())
     try:
         if lock.hold():
@@ -205,6 +206,7 @@ def poll(c: Ctx, pages, force):
         if any_due(store, now_utc()):   # nothing due: no channel, renderer or apprise is loaded
             from monitor.notify.deliver import deliver_due
 
+            c.sending_settings()        # the notifier URLs, checked before the first message is sent
             deliver_due(settings, store.engine)
     finally:
         lock.release()
@@ -229,11 +231,11 @@ def poll(c: Ctx, pages, force):
 @pass_ctx
 def history(c: Ctx, all_incidents, broad, since, tags, page, limit, as_json):
     """Past incidents, newest first: by default the upload-related ones (with --broad, broad outages too)."""
-    from monitor import history as h
+    from monitor import queries
 
     reader = c.reader()
     try:
-        rows = h.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit,
+        rows = queries.history(reader, tags=list(tags), all_incidents=all_incidents, since=since, page=page, limit=limit,
                          upload_tags=c.settings.upload_tags, broad=broad)
     finally:
         reader.close()
@@ -255,13 +257,13 @@ def history(c: Ctx, all_incidents, broad, since, tags, page, limit, as_json):
 def show(c: Ctx, incident_id, page, as_json):
     """One incident: its whole timeline, components, why it was tagged, and what was sent."""
     from monitor import db
-    from monitor import history as h
+    from monitor import queries
 
     with db.transaction(c.engine(readonly=True)) as s:
-        row = h.find_incident(s, incident_id, page)
+        row = queries.find_incident(s, incident_id, page)
         if row is None:
             raise click.ClickException(f"no stored incident with id {incident_id!r}")
-        d = h.incident_detail(s, row)
+        d = queries.incident_detail(s, row)
     if as_json:
         return emit_json(d)
     out = [f"{d['title']}", f"  page {d['page']}  id {d['id']}  {d['url'] or ''}".rstrip(),
@@ -458,10 +460,10 @@ def report(c: Ctx, out, since):
 def outbox(c: Ctx, include_sent, limit, as_json):
     """Messages pending or failed (what the monitor still has to tell, or gave up on)."""
     from monitor import db
-    from monitor import history as h
+    from monitor import queries
 
     with db.transaction(c.engine(readonly=True)) as s:
-        rows = h.outbox(s, include_sent=include_sent, limit=limit)
+        rows = queries.outbox(s, include_sent=include_sent, limit=limit)
     if as_json:
         return emit_json(rows)
     if not rows:

@@ -270,12 +270,12 @@ class Prober:
 def record(settings, engine, run: ProbeRun, now: datetime | None = None) -> tuple[int, str | None]:
     """Store one probe's result and move the outage it belongs to; queue the early warning or its all-clear.
     One transaction. Returns (messages queued, the failure's class: openai | user | local | None)."""
-    from monitor import history
+    from monitor import queries
     from monitor.reader import Reader
 
     now = now or datetime.now(timezone.utc)
     with transaction(engine) as s:
-        incidents, health = history.status_inputs(Reader(connection=s.connection()), settings)
+        incidents, health = queries.status_inputs(Reader(connection=s.connection()), settings)
         cls = run.cls
         if cls == "network":
             answers = any(p.fresh(now) for p in health)

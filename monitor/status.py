@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from monitor import db
-from monitor import history as h
+from monitor import queries
 from monitor.config import ConfigError
 from monitor.leader import current_leader
 from monitor.reader import Reader
@@ -49,20 +49,20 @@ def from_session(session, settings) -> Report:
 
 def _decide(settings, reader, surface: str | None = None) -> Report:
 
-    incidents, health = h.status_inputs(reader, settings)
-    probe = h.probe_health(reader, settings)
+    incidents, health = queries.status_inputs(reader, settings)
+    probe = queries.probe_health(reader, settings)
     leader = current_leader(reader)
     now = datetime.now(timezone.utc)
     verdict = decide(incidents, health, now, probe, surface)
     probe_estimate = None
     if verdict.verdict == "wait" and verdict.incidents:   # how long similar incidents went on (monitor.estimate)
-        h.add_estimates(reader, verdict.incidents, now)
+        queries.add_estimates(reader, verdict.incidents, now)
     elif verdict.verdict == "wait" and probe is not None and probe.since:   # the probe's early warning: as an
         # upload incident of the first page
 
         probe_estimate = {"page": settings.pages[0].name, "tags": ["file-upload"], "impact": None,
                           "started_at": iso_z(probe.since)}
-        h.add_estimates(reader, [probe_estimate], now)
+        queries.add_estimates(reader, [probe_estimate], now)
     return Report(verdict, health, [], now, probe, leader, surface, probe_estimate)
 
 

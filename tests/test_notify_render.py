@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from monitor.notify.render import Message, clean_text, render, safe_link
+from monitor.notify.render import Message, render
+from monitor.text import clean_text, safe_link
 from monitor.verdict import age_words
 
 URL = "https://status.openai.com/incidents/vn8j63zg56hz"

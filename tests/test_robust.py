@@ -225,17 +225,21 @@ def test_atlassian_feed_times_in_an_unknown_zone_are_not_guessed(tmp_path, opena
     ("notascheme://abc", "notifiers[0].url: apprise does not know this URL (scheme 'notascheme')"),
 ])
 def test_commands_that_send_check_notifier_urls(tmp_path, url, says):
-    """Finding 6: the commands that send (`poll`, `run`, `notify-test`, `check-config`) refuse a notifier URL no
-    channel can use, before asking the page anything; the read commands do not look at notifiers (issue 24:
-    they never load apprise) and answer as usual."""
-    with ReplayServer(StatuspagePage([reopened_incident("statuspage")])) as srv:
+    """Finding 6: the commands that send (`run`, `notify-test`, `check-config`) refuse a notifier URL no channel
+    can use, before asking the page anything; `poll` refuses it before sending its first message (the message
+    stays pending for the next poll, once the URL is fixed); the read commands do not look at notifiers
+    (issue 24: they never load apprise) and answer as usual."""
+    with ReplayServer(StatuspagePage([reopened_incident("statuspage")]), now=T0 + timedelta(minutes=5)) as srv:
         cfg = write_config(tmp_path, {"openai": srv.base_url}, history_days=0,
                            extra=f'[[notifiers]]\nname = "ops"\nurl = "{url}"\n')
         cfg.chmod(0o600)
-        for cmd in (["poll"], ["check-config"], ["notify-test"], ["run"]):
+        for cmd in (["check-config"], ["notify-test"], ["run"]):
             r = run(cfg, *cmd, ok=None)
             assert (r.exit_code, r.output) == (1, f"Error: {cfg}: {says}\n"), cmd
         assert srv.requests == []
+        r = run(cfg, "poll", ok=None)                   # the open incident: one message due
+        assert (r.exit_code, r.output) == (1, f"Error: {cfg}: {says}\n")
+        assert db_rows(tmp_path / "m.db", "select notifier, state, attempts from outbox") == [("ops", "pending", 0)]
         for cmd in (["history"], ["outbox"]):
             assert run(cfg, *cmd, ok=None).exit_code == 0, cmd
 

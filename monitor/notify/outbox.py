@@ -65,7 +65,7 @@ def _estimate(session: Session, page_name: str, state: IncidentState, tags: set[
               now: datetime) -> tuple[str, dict | None]:
     """The estimate's sentence and JSON for a message, from the page's resolved incidents in this transaction."""
     from monitor.reader import Reader
-    from monitor.history import add_estimates
+    from monitor.queries import add_estimates
 
     d = {"page": page_name, "tags": sorted(tags), "surfaces": sorted(surfaces), "impact": state.impact,
          "components": [c.name for c in state.components if c.name], "started_at": _iso(state.started_at)}

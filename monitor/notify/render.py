@@ -16,27 +16,19 @@ are stripped, runs of blank lines collapsed, and it is escaped for the target fo
 from __future__ import annotations
 
 import html as _html
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
-from monitor.records import UPLOAD_TAGS, cap, parse_iso
+from monitor.records import CLOSED_STATUSES, UPLOAD_TAGS, parse_iso
+from monitor.text import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
 from monitor.verdict import CHECKLIST, age_words
 
 FORMATS = ("text", "slack", "email")
-TITLE_MAX = 250
-RESOLVED_STATUSES = ("resolved", "postmortem", "completed")
 
 _STATUS_WORDS = {
     "investigating": "Investigating", "identified": "Identified", "monitoring": "Monitoring",
     "resolved": "Resolved", "postmortem": "Postmortem", "update": "Update",
 }
-
-# C0/C1 controls except \t and \n (handled first), DEL, bidi embeddings/overrides/isolates and marks,
-# zero-width space and BOM: nothing a status update needs, and all of them can disguise text.
-_CTRL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -44,46 +36,6 @@ class Message:
     body: str                # in the requested format (plain / Slack mrkdwn / plain for e-mail)
     html: str | None = None  # e-mail only: the HTML alternative
     kind: str = "wait"       # wait | resolved | test: lets a channel pick a colour / severity
-
-
-# --------------------------------------------------------------------------------------------- cleaning
-
-def clean_text(s: object) -> str:
-    """Third-party multi-line text: controls stripped, line ends normalised, blank-line runs collapsed."""
-    if s is None:
-        return ""
-    s = str(s).replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
-    s = _CTRL.sub("", s.replace("\t", " "))
-    out: list[str] = []
-    for line in s.split("\n"):
-        line = line.rstrip()
-        if not line and (not out or not out[-1]):
-            continue
-        out.append(line)
-    while out and not out[-1]:
-        out.pop()
-    return "\n".join(out)
-
-
-def clean_line(s: object) -> str:
-    """Third-party one-line text (titles, names): all whitespace runs become one space."""
-    return " ".join(clean_text(s).split())
-
-
-def safe_link(url: object) -> str | None:
-    """The URL when it is a plain http(s) link, else None (javascript:, data:, relative, odd characters)."""
-    if not isinstance(url, str):
-        return None
-    url = url.strip()
-    if not url or _CTRL.search(url) or any(c.isspace() for c in url):
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return None
-    return url
 
 
 def slack_escape(s: str) -> str:
@@ -94,12 +46,6 @@ def slack_escape(s: str) -> str:
 def _slack_url(url: str) -> str:
     # inside <url|label> the characters | < > would end or split the link
     return url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
-
-
-# ------------------------------------------------------------------------------------------ time words
-
-def utc_words(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -134,7 +80,7 @@ def _facts(p: dict, max_chars: int, now: datetime | None) -> _Facts:
         return _probe_facts(p, now)
     event = clean_line(p.get("event")) or "updated"
     status = clean_line(p.get("status")).lower()
-    resolved_now = event == "resolved" or status in RESOLVED_STATUSES
+    resolved_now = event == "resolved" or status in CLOSED_STATUSES + ("completed",)   # (older payloads)
     kind = "test" if event == "test" else ("resolved" if resolved_now else "wait")
     page = clean_line(p.get("page"))
     who = "OpenAI" if page.lower() in ("", "openai") else f"The {page} status page"

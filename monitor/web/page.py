@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from monitor.notify.render import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
-from monitor.records import parse_iso
+from monitor.text import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
+from monitor.records import CLOSED_STATUSES, parse_iso
 from monitor.verdict import age_words
 
 IMPACT_ORDER = ("none", "minor", "major", "critical")
@@ -56,7 +56,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
     """Everything the page shows, from one transaction."""
     from sqlalchemy import select
 
-    from monitor import history as h
+    from monitor import queries
     from monitor import status
     from monitor.reader import Reader
     from monitor.models import Incident, Page, Update
@@ -64,7 +64,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
 
     report = status.from_session(session, settings)
     now = report.now
-    rows = h.history(Reader(connection=session.connection()), since=since, upload_tags=settings.upload_tags,
+    rows = queries.history(Reader(connection=session.connection()), since=since, upload_tags=settings.upload_tags,
                      broad=True)
     seen = {(p, i): (first, watching) for p, i, first, watching in session.execute(
         select(Page.name, Incident.page_incident_id, Incident.first_seen_at, Page.first_poll_at)
@@ -102,7 +102,7 @@ def incident_view(r: dict, seen, now: datetime) -> dict:
 
     started, resolved = parse_iso(r["started_at"]), parse_iso(r["resolved_at"])
     impact = r["impact"] if r["impact"] in IMPACT_ORDER else "none"
-    is_open = resolved is None and r["status"] not in ("resolved", "postmortem")
+    is_open = resolved is None and r["status"] not in CLOSED_STATUSES
     end = resolved or (now if is_open else None)
     seconds = (end - started).total_seconds() if started and end and end >= started else None
     late = None

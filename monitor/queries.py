@@ -1,5 +1,7 @@
-"""Read-side queries behind `monitor history`, `monitor show` and `monitor outbox`: plain dicts, the JSON
-contract outside scripts rely on."""
+"""The read model: what `monitor history`, `show`, `outbox` and `status` (and the page and /metrics) read
+from the store, as plain dicts (the JSON contract outside scripts rely on): past incidents, one incident,
+the outbox, the verdict's inputs, the probe's health, and the cases an estimate of how long to wait is
+drawn from. Plain SQL through a reader.Reader, except the ORM reads of `show` and `outbox`."""
 from __future__ import annotations
 
 from datetime import datetime
