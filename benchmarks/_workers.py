@@ -193,7 +193,7 @@ def w_history(a: dict) -> dict:
     import contextlib
     import io
 
-    from monitor import cli, config, db, history, models, tags  # noqa: F401  (what the command imports)
+    from monitor import cli, config, db, queries, reader, tags  # noqa: F401  (what the command imports)
 
     buf = io.StringIO()
     t0 = time.perf_counter()

@@ -12,7 +12,11 @@ import functools
 import os
 import re
 import stat
+import tomllib
 from dataclasses import dataclass, field
+from importlib.resources import files
+
+from monitor import status
 
 # First bytes of the image and PDF formats: a file is recognised by them whatever its name.
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image"), (b"\xff\xd8\xff", "image"), (b"GIF87a", "image"),
@@ -61,8 +65,6 @@ class Rules:
 @functools.cache
 def load_rules() -> Rules:
     """The shipped rules (monitor/diagnose_rules.toml)."""
-    import tomllib
-    from importlib.resources import files
 
     d = tomllib.loads(files("monitor").joinpath("diagnose_rules.toml").read_text(encoding="utf-8"))
     return Rules(
@@ -209,8 +211,6 @@ class Diagnosis:
 def diagnose(paths, error_text: str | None, gather) -> Diagnosis:
     """Check the files (FileError first, before any polling), match the error, then the verdict:
     `gather()` returns the status.Report (status.gather with the CLI's factories)."""
-    from monitor import status as st
-
     rules = load_rules()
     files = [check_file(p, rules) for p in paths]
     notes = []
@@ -220,16 +220,14 @@ def diagnose(paths, error_text: str | None, gather) -> Diagnosis:
     error = match_error(error_text, rules) if error_text is not None else None
     try:
         report, failure = gather(), None
-    except st.StatusFailure as exc:
+    except status.StatusFailure as exc:
         report, failure = None, str(exc)
     return Diagnosis(report, failure, files, error_text, error, notes)
 
 
 def to_json(d: Diagnosis) -> dict:
     """The `monitor diagnose --json` object."""
-    from monitor import status as st
-
-    base = st.to_json(d.report) if d.report else st.failure_json(d.failure)
+    base = status.to_json(d.report) if d.report else status.failure_json(d.failure)
     waiting = d.verdict == "wait"
     err = None
     if d.error_text is not None:
@@ -246,11 +244,9 @@ def to_json(d: Diagnosis) -> dict:
 def to_text(d: Diagnosis) -> str:
     """The verdict as `monitor status` words it (its checklist only when nothing specific was found), then
     each file and the error."""
-    from monitor import status as st
-
     mb = load_rules().mb
     if d.report:
-        lines = st.to_text(d.report, checklist=not d.found_something).splitlines()
+        lines = status.to_text(d.report, checklist=not d.found_something).splitlines()
     else:
         lines = [f"UNKNOWN: {d.failure}"]
     if d.verdict == "wait" and (d.files or d.error_text is not None):

@@ -7,8 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from monitor.estimate import Case, estimate, keys_of, sentence, to_json
 from monitor.reader import Reader, in_list
-from monitor.records import UPLOAD_TAGS, iso_z as _iso, parse_iso
+from monitor.records import OPEN_STATUSES, UPLOAD_TAGS, iso_z as _iso, parse_iso
+from monitor.verdict import PageHealth, ProbeHealth
 
 if TYPE_CHECKING:  # the ORM is imported only by the commands that show one incident or the outbox
     from sqlalchemy.orm import Session
@@ -181,9 +183,6 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
     watches) and each configured page's polling health, for verdict.decide(): the incidents as
     incident_dict() words them, with `broad` (the watched surfaces it takes down) and `upload` (whether it is
     upload-related), in a few plain queries through a Reader."""
-    from monitor.records import OPEN_STATUSES
-    from monitor.verdict import PageHealth
-
     names, p_names = in_list("name", [p.name for p in settings.pages])
     statuses, p_statuses = in_list("status", OPEN_STATUSES + ("scheduled",))   # scheduled: shown, never waited for
     tags, p_tags = in_list("tag", settings.upload_tags)
@@ -218,8 +217,6 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
 
 def probe_health(reader: Reader, settings):
     """The probe's last result and the outage under way, for verdict.decide(); None without `[probe]`."""
-    from monitor.verdict import ProbeHealth
-
     ps = settings.probe
     if ps is None:
         return None
@@ -241,8 +238,6 @@ def estimate_cases(reader: Reader, page: str, keys: set[str]):
     """The page's resolved incidents as estimate.Case (maintenance left out), each with those of `keys`
     ("tag:x", "surface:y", "component:z") it has: only the keys asked about are read, so a store of 20,000
     incidents costs three small queries and one pass."""
-    from monitor.estimate import Case
-
     wanted: dict[str, list[str]] = {"tag": [], "surface": [], "component": []}
     for k in keys:
         kind, _, name = k.partition(":")
@@ -271,8 +266,6 @@ def add_estimates(reader: Reader, incidents, now: datetime, probe=None) -> None:
     """Each open incident's `expected_resolution` (the JSON contract: median_at, p90_at, cases, class, or
     None) and `estimate` (the sentence), from its page's resolved incidents (monitor.estimate); with a
     failing probe, the probe's, as an upload incident of the first page."""
-    from monitor.estimate import estimate, keys_of, sentence, to_json
-
     wanted: dict[str, list[tuple[dict, list[str]]]] = {}
     for i in incidents:
         keys = keys_of(i.get("tags", ()), i.get("surfaces", ()), i.get("components", ()))

@@ -7,12 +7,11 @@ from sqlalchemy.orm import selectinload
 from monitor import store
 from monitor.db import transaction
 from monitor.models import Incident
+from monitor.surfaces import DEFAULT_SURFACE_RULES
 
 
 def retag_all(engine, rules, batch: int = 500, surface_rules=None) -> tuple[int, int]:
     """(incidents whose tags or surfaces changed, incidents read)."""
-    from monitor.surfaces import DEFAULT_SURFACE_RULES
-
     surface_rules = DEFAULT_SURFACE_RULES if surface_rules is None else surface_rules
     changed = total = 0
     last_id = 0

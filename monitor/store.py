@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from monitor.merge import Change, IncidentState
@@ -127,8 +127,6 @@ def _insert_new(session: Session, page: Page, new: Sequence[Change], tags: dict[
                 surfaces: dict[str, list[TagMatch]], now: datetime) -> dict[str, int]:
     """Bulk INSERTs for incidents never seen before, their updates, components, tags and surfaces; returns
     their ids."""
-    from sqlalchemy import insert
-
     values = [{"page_id": page.id, "page_incident_id": s.page_incident_id, "title": s.title, "url": s.url,
                "status": s.status, "impact": s.impact, "started_at": s.started_at, "resolved_at": s.resolved_at,
                "page_updated_at": s.updated_at, "first_seen_at": now, "last_seen_at": now,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from monitor.records import worst_impact
+from monitor.surfaces import SURFACES, surface_words
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
@@ -70,8 +71,6 @@ class Verdict:
 
 
 def _names(surfaces) -> str:
-    from monitor.surfaces import SURFACES, surface_words
-
     order = {s: n for n, s in enumerate(SURFACES)}
     words = [surface_words(s) for s in sorted(surfaces, key=lambda s: (order.get(s, len(order)), s))]
     text = " and ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " and " + words[-1]
@@ -136,8 +135,6 @@ def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,
                        incidents, stale, scheduled)
     if stale:
         return Verdict("unknown", UNKNOWN, f"no fresh data: {why_stale}", incidents, stale, scheduled)
-    from monitor.surfaces import surface_words
-
     what = (f"no upload-related incident and no broad outage of {surface_words(surface)} is open" if surface
             else "no upload-related incident and no broad outage is open")
     return Verdict("troubleshoot-locally", OK, what, incidents, scheduled=scheduled)

@@ -1,6 +1,8 @@
 """The page kinds, one module each behind `common.PageKind`. A new kind is one module and one line here."""
 from __future__ import annotations
 
+import importlib
+
 KINDS = {  # name (as in the config's `kind` and the store) -> module holding its KIND; the first that
     # recognises a page is its kind, so the most general (Atlassian Statuspage) comes last
     "incidentio": "monitor.sources.incidentio",
@@ -10,8 +12,6 @@ KINDS = {  # name (as in the config's `kind` and the store) -> module holding it
 
 def kind(name: str):
     """The PageKind called `name`."""
-    import importlib
-
     return importlib.import_module(KINDS[name]).KIND
 
 

@@ -13,6 +13,7 @@ What each path really serves (shared docs: status-formats.md):
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec, parse_iso, worst_impact
@@ -104,8 +105,6 @@ def window_path(host: str, start: datetime, end: datetime) -> str:
 def parse_api_incidents(body: bytes, base_url: str, now: datetime | None = None) -> SourceResult:
     """The lossy Statuspage-compatible list: never a full timeline, never component evidence (its
     `components` is [] or missing); its impact is kept, ranked below the proxy's (see merge)."""
-    from dataclasses import replace
-
     res = statuspage.parse_incidents_json(body, base_url, source="api", full_timeline=False, now=now)
     return SourceResult(incidents=tuple(replace(r, components=()) for r in res.incidents), extra=res.extra)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor.records import ComponentRec, IncidentRec, SourceResult, UpdateRec, parse_iso
 from monitor.sources.common import (
@@ -45,8 +46,6 @@ def page_time_zone(data) -> str | None:
 
 
 def _zone(name: str):
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

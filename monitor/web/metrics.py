@@ -5,7 +5,12 @@ outbox agree with each other); poll counts are kept in the process, as the servi
 counter is present at 0 from the start, so `rate()` and `increase()` work from the first scrape."""
 from __future__ import annotations
 
-from monitor import sources
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from sqlalchemy import func, select
+
+from monitor import __version__, db, sources, status
+from monitor.models import Outbox, Page, ProbeResult
 from monitor.records import LOG_NOTIFIER
 
 
@@ -45,11 +50,6 @@ class StoreCollector:
         self.settings, self.engine, self.counts = settings, engine, counts
 
     def read(self):
-        from sqlalchemy import func, select
-
-        from monitor import db, status
-        from monitor.models import Outbox, Page
-
         with db.transaction(self.engine) as s:
             report = status.from_session(s, self.settings)
             outbox = dict(((n, st), c) for n, st, c in s.execute(
@@ -60,10 +60,6 @@ class StoreCollector:
         return report, outbox, kinds, probes
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-
-        from monitor import __version__
-
         report, outbox, kinds, probes = self.read()
         now = report.now
         yield InfoMetricFamily("monitor", "The monitor's version.", value={"version": __version__})
@@ -135,15 +131,11 @@ class StoreCollector:
 def probe_outcomes(session, settings) -> dict[str, int] | None:
     """Stored probes per result (ok, or whose fault a failure was); None without `[probe]` (then no
     monitor_probe_* metric). Every result is present, at 0 until it happens."""
-    from sqlalchemy import func, select
-
-    from monitor.models import ProbeResult as R
-
     if settings.probe is None:
         return None
     counts = dict.fromkeys(PROBE_RESULTS, 0)
-    for outcome, cls, n in session.execute(select(R.outcome, R.failure_class, func.count())
-                                           .group_by(R.outcome, R.failure_class)):
+    for outcome, cls, n in session.execute(select(ProbeResult.outcome, ProbeResult.failure_class, func.count())
+                                           .group_by(ProbeResult.outcome, ProbeResult.failure_class)):
         key = "ok" if outcome == "ok" else (cls or "unknown")
         counts[key] = counts.get(key, 0) + n
     return counts
@@ -154,8 +146,6 @@ PROBE_RESULTS = ("ok", "openai", "user", "local")
 
 def registry(settings, engine, counts: PollCounts):
     """A registry of the service's own (not the process-wide default, which holds Python's GC metrics)."""
-    from prometheus_client import CollectorRegistry
-
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StoreCollector(settings, engine, counts))
     return reg

@@ -7,9 +7,15 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from monitor.text import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from sqlalchemy import select
+
+from monitor import db, queries, status
+from monitor.models import Incident, Page, ProbeResult, Update
+from monitor.reader import Reader
 from monitor.records import CLOSED_STATUSES, parse_iso
-from monitor.verdict import age_words
+from monitor.text import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
+from monitor.verdict import CHECKLIST, age_words, broad_words
 
 IMPACT_ORDER = ("none", "minor", "major", "critical")
 SHAPES = {"none": "circle", "minor": "circle", "major": "square", "critical": "diamond"}
@@ -36,13 +42,9 @@ class ProbeFailure:
 def probe_failures(session, since: datetime | None) -> list[ProbeFailure]:
     """Failed probes of the Files API since `since`, oldest first, with whose fault each was: the chart draws
     them on the incidents' time axis (the only place the page reads probe results)."""
-    from sqlalchemy import select
-
-    from monitor.models import ProbeResult as R
-
-    q = select(R.started_at, R.failure_class, R.detail).where(R.outcome == "failed").order_by(R.started_at)
+    q = select(ProbeResult.started_at, ProbeResult.failure_class, ProbeResult.detail).where(ProbeResult.outcome == "failed").order_by(ProbeResult.started_at)
     if since:
-        q = q.where(R.started_at >= since)
+        q = q.where(ProbeResult.started_at >= since)
     return [ProbeFailure(at, clean_line(f"{FAULT.get(cls, cls or '?')}: {detail or ''}".rstrip(": ")))
             for at, cls, detail in session.execute(q)]
 
@@ -54,14 +56,6 @@ FAULT = {"openai": "OpenAI's side", "user": "our key or account", "local": "our 
 
 def gather(session, settings, *, since: datetime | None = None) -> dict:
     """Everything the page shows, from one transaction."""
-    from sqlalchemy import select
-
-    from monitor import queries
-    from monitor import status
-    from monitor.reader import Reader
-    from monitor.models import Incident, Page, Update
-    from monitor.verdict import CHECKLIST, broad_words
-
     report = status.from_session(session, settings)
     now = report.now
     rows = queries.history(Reader(connection=session.connection()), since=since, upload_tags=settings.upload_tags,
@@ -124,8 +118,6 @@ def incident_view(r: dict, seen, now: datetime) -> dict:
 
 
 def _freshness(p, now: datetime) -> dict:
-    from monitor.verdict import age_words
-
     age = (now - p.last_success_at).total_seconds() if p.last_success_at else None
     return {"name": p.name, "fresh": p.fresh(now),
             "checked": f"last checked {age_words(age)} ago" if age is not None else "never checked successfully",
@@ -201,8 +193,6 @@ def environment():
     """The Jinja2 environment: templates beside this module, autoescape for every template."""
     global _env
     if _env is None:
-        from jinja2 import Environment, PackageLoader, StrictUndefined
-
         _env = Environment(loader=PackageLoader("monitor.web", "templates"), autoescape=True,
                            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     return _env
@@ -214,8 +204,6 @@ def render(data: dict, *, report: bool = False) -> str:
 
 def render_from_store(settings, engine, *, since: datetime | None = None, report: bool = False) -> str:
     """Read and draw the page (blocking: the service calls it in a thread)."""
-    from monitor import db
-
     with db.transaction(engine) as s:
         data = gather(s, settings, since=since)
     return render(data, report=report)

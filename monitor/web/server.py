@@ -13,6 +13,12 @@ import logging
 import os
 
 import h11
+from prometheus_client.exposition import choose_encoder
+
+from monitor import status
+from monitor.config import ConfigError
+from monitor.db import make_engine, safe_error
+from monitor.web.metrics import PollCounts, registry
 
 log = logging.getLogger("monitor.web")
 
@@ -32,9 +38,6 @@ SECURITY_HEADERS = [
 
 class WebServer:
     def __init__(self, settings):
-        from monitor.db import make_engine
-        from monitor.web.metrics import PollCounts, registry
-
         self.settings = settings
         self.engine = make_engine(settings.database_url(), readonly=True)   # readers never take the writers' lock
         self.counts = PollCounts()          # the service counts each poll here
@@ -44,8 +47,6 @@ class WebServer:
 
     async def start(self) -> None:
         """Listen on [http] listen; a failure is a one-line ConfigError naming the key."""
-        from monitor.config import ConfigError
-
         host, port = self.settings.http.address
         try:
             self.server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
@@ -153,25 +154,20 @@ class WebServer:
             accept = b", ".join(v for k, v in req.headers if k == b"accept").decode("latin-1")
             return await asyncio.to_thread(self._render, path, accept)
         except Exception as exc:   # the store could not be read: say so, keep serving
-            from monitor.db import safe_error
-
             log.warning("cannot answer %s: %s: %s", path, type(exc).__name__, safe_error(exc))
             return 500, [("content-type", text)], f"cannot read the store: {safe_error(exc)}\n".encode()
 
     def _render(self, path: str, accept: str = "") -> tuple[int, list, bytes]:
         """Blocking: runs in a worker thread."""
         if path == "/metrics":   # the text format, or OpenMetrics when the scraper asks for it
-            from prometheus_client.exposition import choose_encoder
 
             encode, content_type = choose_encoder(accept)
             return 200, [("content-type", content_type), ("cache-control", "no-store")], encode(self.registry)
         if path == "/":
-            from monitor.web.page import render_from_store
+            from monitor.web.page import render_from_store   # Jinja2 only once someone opens the page
 
             html = render_from_store(self.settings, self.engine)
             return 200, [("content-type", "text/html; charset=utf-8"), *SECURITY_HEADERS], html.encode()
-        from monitor import status
-
         report = status.read(self.settings, self.engine)
         if path == "/status.json":
             body = json.dumps(status.to_json(report), ensure_ascii=False).encode() + b"\n"
