@@ -41,11 +41,12 @@ Decisions on the arguable cases (tests/data/surface_cases.toml holds a real case
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace as _dc_replace
 
-from monitor.tags import SNIPPET_MAX, TagMatch, _check_regex, _clean, _compile
+from monitor.tags import SNIPPET_MAX, TagMatch, _clean, _compile, read_table
 
 __all__ = ["SURFACES", "SurfaceRule", "DEFAULT_SURFACE_RULES", "build_surface_rules", "classify",
            "surface_words", "CORE_IMPACTS"]
@@ -72,6 +73,7 @@ class SurfaceRule:
     components: tuple[str, ...] = ()     # core components: a partial or full outage of one is evidence
     exclude: str | None = None           # regex: more narrowing words for this rule's conjuncts
     extra: tuple[str, ...] = field(default=())   # further surfaces the `broad` phrase takes down
+    gate: tuple[str, ...] = ()           # speed: a text holding none of these (casefolded) cannot match
 
 
 # Words that fail a surface. Latency counts: a whole surface that is slow fails uploads too.
@@ -115,28 +117,29 @@ _API = (r"\bapi\s+platform\b|\bplatform\s+api\b|\bapis?\b(?!\s*keys?\b)"
 DEFAULT_SURFACE_RULES: tuple[SurfaceRule, ...] = (
     # "ChatGPT unavailable", "Elevated error rates for ChatGPT", "ChatGPT web UI unavailable", "Outage on
     # chat.openai.com", "Elevated error rate impacting ChatGPT (including logins)", "ChatGPT Login Issues".
-    SurfaceRule(name="chatgpt/named", surface="chatgpt", pattern=_CHATGPT),
+    SurfaceRule(name="chatgpt/named", surface="chatgpt", pattern=_CHATGPT, gate=("chat",)),
     # "Elevated error rates across all services", "Labs, API, ChatGPT ... are inaccessible" (named anyway)
     SurfaceRule(name="chatgpt/all-services", surface="chatgpt",
-                broad=r"\b(?:all|multiple)\s+(?:openai\s+)?(?:services|products)\b", extra=("api",)),
+                broad=r"\b(?:all|multiple)\s+(?:openai\s+)?(?:services|products)\b", extra=("api",),
+                gate=("services", "products")),
     # today's page: the components at the core of ChatGPT
     SurfaceRule(name="chatgpt/core-component", surface="chatgpt", components=("Conversations",)),
     # "Outage on all API endpoints", "Elevated 5xx errors impacting the API", "Elevated API Errors",
     # "Outage on ChatGPT and API Platform", "Intermittent instability with completion requests"
     # The API's sign-in is the dashboard's (platform.openai.com): API calls use keys, so it is narrow here.
-    SurfaceRule(name="api/named", surface="api", pattern=_API,
+    SurfaceRule(name="api/named", surface="api", pattern=_API, gate=("api", "completion", "responses"),
                 exclude=r"\blog(?:ged|ging)?[\s-]*(?:in|on)\w*|\blogins?\b|\bsign(?:ed|ing)?[\s-]*(?:in|on)\b"
                         r"|\bauthenticat\w*|\bplatform\.openai\.com\b|\bdashboard\b"),
     # "Outage on All Endpoints", "Multiple engines are down", "Elevated latency + error rate on all models",
     # "Elevated error rates across multiple models (text, image, and audio)"
     SurfaceRule(name="api/all-endpoints", surface="api",
                 broad=(r"\b(?:all|multiple)\s+(?:(?:of\s+)?(?:the|our)\s+)?(?:api\s+)?(?:endpoints|engines|models)\b"
-                       r"|\bacross\s+(?:all|multiple)\s+(?:api\s+)?(?:endpoints|engines|models)\b")),
+                       r"|\bacross\s+(?:all|multiple)\s+(?:api\s+)?(?:endpoints|engines|models)\b"),
+                gate=("endpoints", "engines", "models")),
     # today's page: the components at the core of the API
     SurfaceRule(name="api/core-component", surface="api", components=("Responses", "Chat Completions")),
 )
 
-_TABLE_KEYS = ("patterns", "components", "exclude", "replace")
 _SURFACE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,49}")
 
 
@@ -154,34 +157,12 @@ def build_surface_rules(config: Mapping[str, Mapping] | None,
         where = f"surfaces.{name}"
         if not isinstance(name, str) or not _SURFACE_NAME.fullmatch(name):
             raise ValueError(f"{where}: invalid surface name (lower-case letters, digits, '-', '_', '.')")
-        if not isinstance(table, Mapping):
-            raise ValueError(f"{where}: expected a table, got {type(table).__name__}")
-        for key in table:
-            if key not in _TABLE_KEYS:
-                raise ValueError(f"{where}: unknown key {key!r} (allowed: {', '.join(_TABLE_KEYS)})")
-        replace = table.get("replace", False)
-        if not isinstance(replace, bool):
-            raise ValueError(f"{where}.replace: expected true or false, got {replace!r}")
-        exclude = table.get("exclude")
-        if exclude is not None:
-            exclude = _check_regex(exclude, f"{where}.exclude")
-        patterns = table.get("patterns", [])
-        if isinstance(patterns, str) or not isinstance(patterns, Sequence):
-            raise ValueError(f"{where}.patterns: expected a list of regexes, got {type(patterns).__name__}")
-        for i, pattern in enumerate(patterns):
-            _check_regex(pattern, f"{where}.patterns[{i}]")
-            added.append(SurfaceRule(name=f"config:{name}/patterns[{i}]", surface=name, pattern=pattern,
-                                     exclude=exclude))
-        components = table.get("components", [])
-        if isinstance(components, str) or not isinstance(components, Sequence):
-            raise ValueError(f"{where}.components: expected a list of component names, got "
-                             f"{type(components).__name__}")
-        for i, comp in enumerate(components):
-            if not isinstance(comp, str) or not comp.strip():
-                raise ValueError(f"{where}.components[{i}]: expected a non-empty component name, got {comp!r}")
-        if components:
-            added.append(SurfaceRule(name=f"config:{name}/components", surface=name,
-                                     components=tuple(c.strip() for c in components)))
+        t = read_table(where, table)
+        added += [SurfaceRule(name=f"config:{name}/patterns[{i}]", surface=name, pattern=pattern, exclude=t.exclude)
+                  for i, pattern in enumerate(t.patterns)]
+        if t.components:
+            added.append(SurfaceRule(name=f"config:{name}/components", surface=name, components=t.components))
+        replace, exclude = t.replace, t.exclude
         if replace:
             replaced.add(name)
         elif exclude is not None:
@@ -223,9 +204,20 @@ def _conjuncts(text: str) -> list[str]:
 
 def _read(rules: Sequence[SurfaceRule], text: str, field_name: str, found: dict[str, TagMatch]) -> None:
     """Add the surfaces one sentence (a title, or one sentence of an update) takes down broadly."""
+    for surface, match in _read_text(tuple(rules), text, field_name):
+        found.setdefault(surface, match)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_text(rules: tuple[SurfaceRule, ...], text: str, field_name: str) -> tuple[tuple[str, TagMatch], ...]:
+    """The surfaces one text takes down broadly, in the order found (cached: pages reuse their wording, and a
+    first poll or backfill reads thousands of incidents)."""
+    found: dict[str, TagMatch] = {}
+    folded = text.casefold()
+    rules = [r for r in rules if not r.gate or any(g in folded for g in r.gate)]
+    if not rules or not _compile(FAILURE).search(text):
+        return ()
     snippet = _WS.sub(" ", text).strip()[:SNIPPET_MAX]
-    if not _compile(FAILURE).search(text):
-        return
     narrow_rx = _compile(NARROW)
     parts = _conjuncts(text)
     for rule in rules:
@@ -253,6 +245,7 @@ def _read(rules: Sequence[SurfaceRule], text: str, field_name: str, found: dict[
             if not narrowed(part):
                 found.setdefault(rule.surface, TagMatch(rule.surface, rule.name, field_name, snippet))
                 break
+    return tuple(found.items())
 
 
 _ATTACH = re.compile(r"\b(?:on|for|in|to|into|of|affecting|impacting|across|at|from|using)\b", re.I)

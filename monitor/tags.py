@@ -24,6 +24,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace as _dc_replace
+from typing import NamedTuple
 from monitor.records import UPLOAD_TAGS, cap
 from monitor.sources.common import strip_html
 
@@ -286,6 +287,42 @@ def _join_exclude(a: str | None, b: str | None) -> str | None:
     return a or b
 
 
+class RuleTable(NamedTuple):
+    """One `[tags.<tag>]` or `[surfaces.<name>]` table of the config, checked."""
+    patterns: tuple[str, ...]
+    components: tuple[str, ...]
+    exclude: str | None
+    replace: bool
+
+
+def read_table(where: str, table: object) -> RuleTable:
+    """A config table of rules (`patterns`, `components`, `exclude`, `replace`), checked; ValueErrors name the
+    key, e.g. ``tags.file-upload.patterns[1]: invalid regex: ...``."""
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{where}: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key not in _TABLE_KEYS:
+            raise ValueError(f"{where}: unknown key {key!r} (allowed: {', '.join(_TABLE_KEYS)})")
+    replace = table.get("replace", False)
+    if not isinstance(replace, bool):
+        raise ValueError(f"{where}.replace: expected true or false, got {replace!r}")
+    exclude = table.get("exclude")
+    if exclude is not None:
+        exclude = _check_regex(exclude, f"{where}.exclude")
+    patterns = table.get("patterns", [])
+    if isinstance(patterns, str) or not isinstance(patterns, Sequence):
+        raise ValueError(f"{where}.patterns: expected a list of regexes, got {type(patterns).__name__}")
+    for i, pattern in enumerate(patterns):
+        _check_regex(pattern, f"{where}.patterns[{i}]")
+    components = table.get("components", [])
+    if isinstance(components, str) or not isinstance(components, Sequence):
+        raise ValueError(f"{where}.components: expected a list of component names, got {type(components).__name__}")
+    for i, comp in enumerate(components):
+        if not isinstance(comp, str) or not comp.strip():
+            raise ValueError(f"{where}.components[{i}]: expected a non-empty component name, got {comp!r}")
+    return RuleTable(tuple(patterns), tuple(c.strip() for c in components), exclude, replace)
+
+
 def build_rules(config_tags: Mapping[str, Mapping] | None, defaults: Sequence[Rule] = DEFAULT_RULES) -> tuple[Rule, ...]:
     """Config ``[tags.<tag>]`` tables -> rules.
 
@@ -309,37 +346,12 @@ def build_rules(config_tags: Mapping[str, Mapping] | None, defaults: Sequence[Ru
         if not isinstance(tag, str) or not _TAG_NAME.fullmatch(tag):
             raise ValueError(f"tags.{tag}: invalid tag name (letters, digits, '-', '_', '.'; at most 100 chars)")
         where = f"tags.{tag}"
-        if not isinstance(table, Mapping):
-            raise ValueError(f"{where}: expected a table, got {type(table).__name__}")
-        for key in table:
-            if key not in _TABLE_KEYS:
-                raise ValueError(f"{where}: unknown key {key!r} (allowed: {', '.join(_TABLE_KEYS)})")
-
-        replace = table.get("replace", False)
-        if not isinstance(replace, bool):
-            raise ValueError(f"{where}.replace: expected true or false, got {replace!r}")
-
-        exclude = table.get("exclude")
-        if exclude is not None:
-            exclude = _check_regex(exclude, f"{where}.exclude")
-
-        patterns = table.get("patterns", [])
-        if isinstance(patterns, str) or not isinstance(patterns, Sequence):
-            raise ValueError(f"{where}.patterns: expected a list of regexes, got {type(patterns).__name__}")
-        for i, pattern in enumerate(patterns):
-            _check_regex(pattern, f"{where}.patterns[{i}]")
-            added.append(Rule(name=f"config:{tag}/patterns[{i}]", tag=tag, pattern=pattern, exclude=exclude))
-
-        components = table.get("components", [])
-        if isinstance(components, str) or not isinstance(components, Sequence):
-            raise ValueError(f"{where}.components: expected a list of component names, got {type(components).__name__}")
-        names: list[str] = []
-        for i, comp in enumerate(components):
-            if not isinstance(comp, str) or not comp.strip():
-                raise ValueError(f"{where}.components[{i}]: expected a non-empty component name, got {comp!r}")
-            names.append(comp.strip())
-        if names:
-            added.append(Rule(name=f"config:{tag}/components", tag=tag, components=tuple(names)))
+        t = read_table(where, table)
+        added += [Rule(name=f"config:{tag}/patterns[{i}]", tag=tag, pattern=pattern, exclude=t.exclude)
+                  for i, pattern in enumerate(t.patterns)]
+        if t.components:
+            added.append(Rule(name=f"config:{tag}/components", tag=tag, components=t.components))
+        replace, exclude = t.replace, t.exclude
 
         if replace:
             replaced.add(tag)
