@@ -145,9 +145,10 @@ def test_sigkill_anywhere_loses_nothing_and_repeats_at_most_once(tmp_path, opena
                 n_req, n_hook = len(srv.requests), len(hook.received())
                 p = start()
                 mode = rng.choice(("any", "poll", "delivery"))
-                if mode == "any":           # once it talks to the page: anywhere from there to its exit
+                if mode == "any":           # once it talks to the page: anywhere from there to its exit (a
+                    # poll lasts about 0.5 s from its first request: its requests, its write, one delivery)
                     wait_for(lambda: len(srv.requests) > n_req or p.poll() is not None, 10)
-                    time.sleep(rng.uniform(0, 1.2))
+                    time.sleep(rng.uniform(0, 0.6))
                 elif mode == "poll":        # fetching, parsing, writing
                     wait_for(lambda: len(srv.requests) > n_req or p.poll() is not None, 10)
                     time.sleep(rng.uniform(0, 3 * PAGE_DELAY))
