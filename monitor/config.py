@@ -180,7 +180,7 @@ def parse_listen(value: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise ValueError("write an IPv6 address in brackets, such as [::1]:8787")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535, such as 127.0.0.1:8787")
     if host and not all(c.isalnum() or c in ".-:" for c in host):
         raise ValueError(f"{host!r} is not a host name or IP address")

@@ -5,9 +5,14 @@ user may only read is opened read-only. Also the one-line wording of database er
 Elsewhere: migrations in migrate.py, the leader lock in leader.py, read-only SQL in reader.py."""
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import sys
+import threading
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
@@ -28,8 +33,6 @@ MIN_SQLITE = (3, 35)   # UPDATE ... RETURNING (outbox claims, failure counts)
 
 def check_sqlite_version() -> None:
     """ValueError when the SQLite library Python uses is older than MIN_SQLITE."""
-    import sqlite3
-
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise ValueError(f"SQLite {sqlite3.sqlite_version} is too old: the monitor needs "
                          f"{'.'.join(map(str, MIN_SQLITE))} or newer (UPDATE ... RETURNING); "
@@ -95,8 +98,6 @@ def describe_error(exc: BaseException) -> str | None:
     """The one-line message for an error of the database layer (SQLAlchemy's or sqlite3's), else None.
     SQLAlchemy's errors are recognised without importing it: a process that never loaded it cannot
     have raised one."""
-    import sqlite3
-
     sa = sys.modules.get("sqlalchemy.exc")
     if isinstance(exc, sqlite3.Error) or (sa is not None and isinstance(exc, sa.SQLAlchemyError)):
         return f"database: {safe_error(exc)}"
@@ -147,9 +148,6 @@ def read_only_mode(path: str) -> str | None:
 def sqlite_connect(path: str):
     """A sqlite3 connection to the store at `path` (autocommit: BEGIN is ours), read-only when this user may
     not write it (see read_only_mode)."""
-    import sqlite3
-    from urllib.parse import quote
-
     mode = read_only_mode(path)
     if mode is None:
         return sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
@@ -182,8 +180,6 @@ class Store:
         self.url, self._engine = url, engine
         self.path = plain_sqlite_path(url) if engine is None else None
         self._conn = None
-        import threading
-
         self._lock = threading.Lock()    # one sqlite3 connection, used by one thread at a time
 
     @property
@@ -204,11 +200,9 @@ class Store:
 
             with (self.engine.begin() if write else self.engine.connect()) as conn:
                 def execute(sql, params=None):
-                    result = conn.execute(text(sql), {k: _naive_utc(v) for k, v in (params or {}).items()})
+                    result = conn.execute(text(sql), {k: naive_utc(v) for k, v in (params or {}).items()})
                     return [tuple(r) for r in result] if result.returns_rows else []
                 return work(execute)
-        import sqlite3
-
         if self._conn is None:   # (the first use, before any thread shares it)
             try:
                 self._conn = sqlite_connect(self.path)
@@ -221,7 +215,7 @@ class Store:
         conn = self._conn
 
         def execute(sql, params=None):
-            return conn.execute(sql, {k: _sqlite_time(v) for k, v in (params or {}).items()}).fetchall()
+            return conn.execute(sql, {k: sqlite_time(v) for k, v in (params or {}).items()}).fetchall()
         with self._lock:
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -256,8 +250,6 @@ def write_failure(url: str, exc: Exception) -> str:
 
 def _open_failure(path: str, exc: Exception) -> str:
     """Why SQLite could not open a store, in the operating system's words where it can tell."""
-    import errno
-
     folder = os.path.dirname(os.path.abspath(path)) or "."
     try:
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
@@ -267,23 +259,19 @@ def _open_failure(path: str, exc: Exception) -> str:
     return safe_error(exc)
 
 
-def _naive_utc(v):
-    from datetime import datetime, timezone
-
+def naive_utc(v):
     return v.astimezone(timezone.utc).replace(tzinfo=None) if isinstance(v, datetime) else v
 
 
-def _sqlite_time(v):
+def sqlite_time(v):
     """A datetime as SQLAlchemy's SQLite DateTime stores it (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`), so that the ORM
     and this module read and compare the same text."""
-    v = _naive_utc(v)
+    v = naive_utc(v)
     return v.strftime("%Y-%m-%d %H:%M:%S.%f") if hasattr(v, "strftime") else v
 
 
 def stored_time(v):
     """A time read with plain SQL (text on SQLite, a naive datetime elsewhere) as an aware UTC datetime."""
-    from datetime import datetime, timezone
-
     if v is None:
         return None
     if isinstance(v, str):

@@ -5,10 +5,12 @@ PostgreSQL and inside the service's own transactions."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Sequence
 
-from monitor.db import StoreError, describe_error, make_engine, plain_sqlite_path, safe_error, sqlite_connect
+from monitor.db import (
+    StoreError, describe_error, make_engine, naive_utc, plain_sqlite_path, safe_error, sqlite_connect, sqlite_time,
+    stored_time,
+)
 from monitor.records import iso_z
 
 if TYPE_CHECKING:
@@ -87,20 +89,10 @@ class Reader:
         return [tuple(r) for r in self._sa.execute(text(sql), params)]
 
     def _bind(self, v):
-        if not isinstance(v, datetime):
-            return v
-        v = v.astimezone(timezone.utc).replace(tzinfo=None)
         # as SQLAlchemy's SQLite DateTime stores it, so that comparisons on the text agree
-        return v.strftime("%Y-%m-%d %H:%M:%S.%f") if self._path is not None else v
+        return sqlite_time(v) if self._path is not None else naive_utc(v)
 
-    @staticmethod
-    def time(v) -> datetime | None:
-        """A stored time as an aware UTC datetime."""
-        if v is None:
-            return None
-        if isinstance(v, str):
-            v = datetime.fromisoformat(v)
-        return v.replace(tzinfo=timezone.utc)
+    time = staticmethod(stored_time)     # a stored time as an aware UTC datetime
 
     @classmethod
     def iso(cls, v) -> str | None:

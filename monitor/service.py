@@ -66,7 +66,7 @@ def watchdog_seconds() -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when no watchdog is asked of us."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID")
-    if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+    if not (usec.isascii() and usec.isdigit()) or int(usec) <= 0 or (pid and pid != str(os.getpid())):
         return None
     return max(0.1, int(usec) / 2e6)
 

@@ -204,6 +204,7 @@ header_values = (st.sampled_from(["99999999999999", "9" * 5000, "-1", "0", "1e9"
 @example("retry-after", "Fri, 31 Dec 9999 23:59:59 -2359", 429)
 @example("content-length", "9" * 5000, 200)              # int() of more than 4300 digits: ValueError
 @example("etag", "x" * 5000, 200)
+@example("content-length", "\u00b2", 200)              # a digit to str.isdigit(), not to int()
 def test_any_header_a_page_sends_fails_at_most_its_source(name, value, status):
     """A real answer (a 200 with a JSON body, or a 429/503) with one header replaced by an arbitrary value:
     reading it returns the body or raises FetchError, and a Retry-After is at most a day ahead."""

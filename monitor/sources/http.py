@@ -146,7 +146,7 @@ async def _read(r: httpx.Response, url: str, etag: str | None, last_modified: st
     if enc not in ("identity", "gzip", ""):
         raise FetchError(f"unexpected content-encoding {enc!r} from {url}")
     declared = (header(r, "content-length") or "").strip()
-    if declared.isdigit() and (len(declared) > 15 or int(declared) > max_bytes):
+    if declared.isascii() and declared.isdigit() and (len(declared) > 15 or int(declared) > max_bytes):
         raise FetchError(f"response from {url} is larger than {_mb(max_bytes)} ({declared} bytes announced); "
                          "not read")
     inflate = zlib.decompressobj(47) if enc == "gzip" else None
