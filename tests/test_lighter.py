@@ -126,3 +126,27 @@ def test_no_import_circle():
     for n in sorted(graph):
         walk(n)
     assert circles == []
+
+
+def test_https_is_verified_and_http_loads_no_certificates():
+    """The client builds its transports at their first request: an https:// request goes through one that
+    checks certificates and host names (httpx's default), an http:// one through one with nothing to check."""
+    import asyncio
+    import ssl
+
+    import httpx
+
+    from monitor.sources.http import client
+
+    async def main():
+        async with client() as c:
+            https, http = c._transport, next(iter(c._mounts.values()))
+            assert https._transport is None and http._transport is None       # nothing built yet
+            for url in ("https://127.0.0.1:9/", "http://127.0.0.1:9/"):
+                with pytest.raises(httpx.ConnectError):
+                    await c.get(url)
+            return https._transport._pool._ssl_context, http._transport._pool._ssl_context
+
+    verified, plain = asyncio.run(main())
+    assert (verified.verify_mode, verified.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert plain.verify_mode == ssl.CERT_NONE
