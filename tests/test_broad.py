@@ -162,3 +162,26 @@ def test_an_unknown_status_word_is_never_investigating(tmp_path, openai_history)
         assert status(cfg)[0] == 0
     assert db_rows(tmp_path / "m.db", "select status from incidents where page_incident_id = 'odd000000001'") \
         == [("unknown",)]
+
+
+def test_metrics_count_open_broad_outages_per_surface(tmp_path, openai_history):
+    """/metrics' monitor_broad_outages_open{surface}, read by the service's own collector from the store while
+    the 2024-08-16 outage of ChatGPT and the API is open."""
+    from monitor import config
+    from monitor.db import make_engine
+    from monitor.web.metrics import PollCounts, StoreCollector
+
+    inc = by_id(openai_history, BOTH)
+    with ReplayServer(StatuspagePage(openai_history), now=inc.updates[0].at + timedelta(minutes=10)) as srv:
+        cfg = write_config(tmp_path, {"openai": srv.base_url})
+        run(cfg, "poll")
+        settings = config.load(cfg)
+        engine = make_engine(settings.database_url())
+        try:
+            families = list(StoreCollector(settings, engine, PollCounts()).collect())
+        finally:
+            engine.dispose()
+    (broad,) = [f for f in families if f.name == "monitor_broad_outages_open"]
+    assert {s.labels["surface"]: s.value for s in broad.samples} == {"chatgpt": 1, "api": 1}
+    (uploads,) = [f for f in families if f.name == "monitor_upload_incidents_open"]
+    assert uploads.samples[0].value == 0

@@ -221,6 +221,8 @@ def test_page_metrics_and_report_follow_an_upload_incident(tmp_path, service):
         fam = metrics(port)
         assert value(fam, "monitor_verdict") == 2
         assert value(fam, "monitor_upload_incidents_open") == 2          # the real one and the hostile one
+        assert value(fam, "monitor_broad_outages_open", surface="chatgpt") == 0     # ChatGPT was up then
+        assert value(fam, "monitor_broad_outages_open", surface="api") == 0
         assert value(fam, "monitor_info", version=__import__("monitor").__version__) == 1
         assert value(fam, "monitor_polls_total", page="openai") >= 1
         assert value(fam, "monitor_poll_failures_total", page="openai") == 0
