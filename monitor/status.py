@@ -48,7 +48,6 @@ def from_session(session, settings) -> Report:
 
 
 def _decide(settings, reader, surface: str | None = None) -> Report:
-
     incidents, health = queries.status_inputs(reader, settings)
     probe = queries.probe_health(reader, settings)
     leader = current_leader(reader)
@@ -57,9 +56,8 @@ def _decide(settings, reader, surface: str | None = None) -> Report:
     probe_estimate = None
     if verdict.verdict == "wait" and verdict.incidents:   # how long similar incidents went on (monitor.estimate)
         queries.add_estimates(reader, verdict.incidents, now)
-    elif verdict.verdict == "wait" and probe is not None and probe.since:   # the probe's early warning: as an
-        # upload incident of the first page
-
+    elif verdict.verdict == "wait" and probe is not None and probe.since:
+        # the probe's early warning, estimated as an upload incident of the first page
         probe_estimate = {"page": settings.pages[0].name, "tags": ["file-upload"], "impact": None,
                           "started_at": iso_z(probe.since)}
         queries.add_estimates(reader, [probe_estimate], now)
@@ -148,14 +146,12 @@ def to_json(r: Report) -> dict:
 
 
 def _probe_json(p, now: datetime) -> dict:
-
     return {"last_outcome": p.last_outcome, "last_at": iso_z(p.last_at), "fresh": p.fresh(now),
             "failure_class": p.failure_class, "detail": p.detail, "since": iso_z(p.since),
             "consecutive_failures": p.consecutive_failures, "failing": p.failing(now)}
 
 
 def _probe_text(p, now: datetime) -> str:
-
     if p.last_at is None:
         return "Probe (Files API): no result yet"
     age = age_words((now - p.last_at).total_seconds())
