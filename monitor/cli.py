@@ -94,20 +94,13 @@ class Ctx:
         """The store for a poll (db.Store): on a SQLite file already at the shipped schema, checked and used with
         the standard library alone, SQLAlchemy loaded only if the poll has something to write; else migrated
         first, through SQLAlchemy."""
-        from monitor import migrate
-        from monitor.db import Store
-        from monitor.reader import Reader
+        from monitor.db import Store, plain_sqlite_path
 
         url = self.settings.database_url()
-        if Store(url).path is not None:
-            reader = Reader.open(url)
-            try:
-                current = reader.revision()
-            finally:
-                reader.close()
-            if current == migrate.HEAD_REVISION:
-                return Store(url)
-        return Store(url, engine=self.engine())
+        if plain_sqlite_path(url) is None:
+            return Store(url, engine=self.engine())
+        self.reader().close()      # the schema checked with one query (and migrated when behind)
+        return Store(url)
 
     def rules(self):
         from monitor.tags import build_rules

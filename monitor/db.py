@@ -56,9 +56,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
         @event.listens_for(eng, "connect")
         def _connect(dbapi_conn, _rec):
             dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
-            for pragma in ((f"busy_timeout={BUSY_TIMEOUT_MS}",) if ro else (
-                    "journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")):
-                dbapi_conn.execute(f"PRAGMA {pragma}")
+            set_pragmas(dbapi_conn, read_only=ro)
 
         @event.listens_for(eng, "begin")
         def _begin(conn):
@@ -77,6 +75,14 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def set_pragmas(conn, *, read_only: bool) -> None:
+    """A SQLite connection's settings: WAL, the busy timeout, foreign keys; a store this user may only read
+    gets the busy timeout alone (the others would write)."""
+    for pragma in ((f"busy_timeout={BUSY_TIMEOUT_MS}",) if read_only else (
+            "journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL")):
+        conn.execute(f"PRAGMA {pragma}")
 
 
 def sqlite_path(url: str) -> str | None:
@@ -166,8 +172,6 @@ def plain_sqlite_path(url: str) -> str | None:
     return None
 
 
-
-
 class Store:
     """The store as a poll uses it. For a plain SQLite file, what a poll that learns nothing new does (its page's
     row, validators, health, the outbox's due rows) runs on the standard library's sqlite3, and SQLAlchemy is
@@ -181,6 +185,13 @@ class Store:
         self.path = plain_sqlite_path(url) if engine is None else None
         self._conn = None
         self._lock = threading.Lock()    # one sqlite3 connection, used by one thread at a time
+
+    @classmethod
+    def of(cls, store_or_engine) -> Store:
+        """A Store as it is, or one over an engine (the service's, a test's): all through SQLAlchemy."""
+        if isinstance(store_or_engine, Store):
+            return store_or_engine
+        return cls(str(store_or_engine.url), engine=store_or_engine)
 
     @property
     def engine(self) -> Engine:
@@ -205,13 +216,11 @@ class Store:
                 return work(execute)
         if self._conn is None:   # (the first use, before any thread shares it)
             try:
-                self._conn = sqlite_connect(self.path)
-                for pragma in ("journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON",
-                               "synchronous=NORMAL"):
-                    self._conn.execute(f"PRAGMA {pragma}")
+                conn = sqlite_connect(self.path)
+                set_pragmas(conn, read_only=read_only_mode(self.path) is not None)
             except sqlite3.OperationalError as exc:
-                self.close()
-                raise StoreError(f"cannot open the store {self.path}: {_open_failure(self.path, exc)}") from None
+                raise StoreError(cannot_open(self.path, exc)) from None
+            self._conn = conn
         conn = self._conn
 
         def execute(sql, params=None):
@@ -229,7 +238,7 @@ class Store:
             except sqlite3.OperationalError as exc:   # e.g. a read-only file system: no -wal or -shm to open
                 if "unable to open" not in str(exc):
                     raise
-                raise StoreError(f"cannot open the store {self.path}: {_open_failure(self.path, exc)}") from None
+                raise StoreError(cannot_open(self.path, exc)) from None
             return out
 
     def close(self) -> None:
@@ -244,19 +253,19 @@ def write_failure(url: str, exc: Exception) -> str:
     why = safe_error(exc)
     path = sqlite_path(url)
     if path is not None and "unable to open" in why:
-        return f"cannot open the store {path}: {_open_failure(path, exc)}"
+        return cannot_open(path, exc)
     return f"cannot write the store: {why}"
 
 
-def _open_failure(path: str, exc: Exception) -> str:
-    """Why SQLite could not open a store, in the operating system's words where it can tell."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
+def cannot_open(path: str, exc: Exception) -> str:
+    """`cannot open the store PATH: why`, in the operating system's words where it can tell."""
+    why = safe_error(exc)
     try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return os.strerror(errno.EROFS)
+        if os.statvfs(os.path.dirname(os.path.abspath(path)) or ".").f_flag & os.ST_RDONLY:
+            why = os.strerror(errno.EROFS)
     except OSError:
         pass
-    return safe_error(exc)
+    return f"cannot open the store {path}: {why}"
 
 
 def naive_utc(v):

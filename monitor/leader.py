@@ -154,8 +154,7 @@ class LeaderLock:
         with) due now, and, for a service, name itself in the leader row. Returns the number of such rows."""
         import socket
 
-        if not isinstance(store, Store):
-            store = Store(str(store.url), engine=store)
+        store = Store.of(store)
         now = datetime.now(timezone.utc)
         leased = ("FROM outbox WHERE state = 'pending' AND leased_by IS NOT NULL AND leased_by <> :me")
 

@@ -84,7 +84,7 @@ class _Poll:
     def __init__(self, settings: Settings, ps: PageSettings, store, http, rules):
         # `store`: a db.Store, or an engine (the service's, the tests'): the page's row goes through it, and
         # the engine (SQLAlchemy) is made only when something is to be written
-        self.store = store if isinstance(store, Store) else Store(settings.database_url(), engine=store)
+        self.store = Store.of(store)
         self.settings, self.ps, self.http, self.rules = settings, ps, http, rules
         self.max_bytes = int(ps.max_response_mb * (1 << 20))
         self.result = PageResult(page=ps.name)
@@ -459,8 +459,7 @@ async def run_backfill(settings: Settings, ps: PageSettings, store, http, rules,
 async def poll_all(settings: Settings, store, rules, *, pages=None, force: bool = False) -> list[PageResult]:
     """Poll every page at once; one page's failure never stops the others. `store`: a db.Store (or an engine)."""
     targets = [settings.page(n) for n in pages] if pages else list(settings.pages)
-    if not isinstance(store, Store):
-        store = Store(settings.database_url(), engine=store)
+    store = Store.of(store)
     async with client() as http:
         return list(await asyncio.gather(*(poll_page(settings, ps, store, http, rules, force=force)
                                            for ps in targets)))
