@@ -62,7 +62,7 @@ def history(reader: Reader, *, tags: list[str] | None = None, all_incidents: boo
             chosen, params = in_list("id", [r[0] for r in rows])
         else:
             chosen = f"({chosen})"
-        tag_map, comp_map, surf_map = _tags_and_components(reader, chosen, params)
+        tag_map, comp_map, surf_map = _related(reader, chosen, params)
         sent = dict(reader.rows(f"SELECT incident_id, count(*) FROM outbox WHERE incident_id IN {chosen} "
                                 "AND state = 'sent' GROUP BY incident_id", params))
         outages = _probe_outages(reader)
@@ -89,7 +89,7 @@ def _incident(reader: Reader, row: tuple, tag_map: dict, comp_map: dict, surf_ma
             "resolved_at": reader.iso(resolved), "components": comp_map.get(iid, [])}
 
 
-def _tags_and_components(reader: Reader, chosen: str, params: dict) -> tuple[dict, dict, dict]:
+def _related(reader: Reader, chosen: str, params: dict) -> tuple[dict, dict, dict]:
     """Incident id -> its tags (sorted), its components' names and its broad-outage surfaces (sorted), for the
     incidents of the SQL list or subquery `chosen` (inside the caller's `with reader`)."""
     tag_map: dict[int, list[str]] = {}
@@ -193,7 +193,7 @@ def status_inputs(reader: Reader, settings) -> tuple[list[dict], list]:
     with reader:
         rows = reader.rows(_INCIDENT_COLUMNS + chosen.removeprefix("SELECT i.id") + " ORDER BY i.started_at DESC",
                            params)
-        tag_map, comp_map, surf_map = _tags_and_components(reader, f"({chosen})", params)
+        tag_map, comp_map, surf_map = _related(reader, f"({chosen})", params)
         stored = {r[0]: r[1:] for r in reader.rows(
             "SELECT name, last_success_at, consecutive_failures, last_outcome FROM pages "
             f"WHERE name IN {names}", p_names)}

@@ -184,17 +184,19 @@ def _write_incident(row: Incident, s: IncidentState, now: datetime) -> None:
 
 
 def write_tags(row: Incident, matches: Sequence[TagMatch]) -> None:
-    current = {(t.tag, t.rule, t.field, t.text) for t in row.tags}
-    if current == {(m.tag, m.rule, m.field, m.text) for m in matches}:
-        return
-    row.tags = [Tag(tag=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
+    _write_evidence(row, "tags", Tag, "tag", matches)
 
 
 def write_surfaces(row: Incident, matches: Sequence[TagMatch]) -> None:
-    current = {(x.surface, x.rule, x.field, x.text) for x in row.surfaces}
-    if current == {(m.tag, m.rule, m.field, m.text) for m in matches}:
+    _write_evidence(row, "surfaces", Surface, "surface", matches)
+
+
+def _write_evidence(row: Incident, attr: str, model, key: str, matches: Sequence[TagMatch]) -> None:
+    """Replace the incident's `attr` rows (tags or surfaces) with `matches`, unless they say the same."""
+    if {(getattr(x, key), x.rule, x.field, x.text) for x in getattr(row, attr)} == \
+            {(m.tag, m.rule, m.field, m.text) for m in matches}:
         return
-    row.surfaces = [Surface(surface=m.tag, rule=m.rule, field=m.field, text=m.text) for m in matches]
+    setattr(row, attr, [model(**{key: m.tag}, rule=m.rule, field=m.field, text=m.text) for m in matches])
 
 
 # ------------------------------------------------------------------------------------------- a poll's rows

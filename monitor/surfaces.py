@@ -46,7 +46,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace as _dc_replace
 
-from monitor.tags import SNIPPET_MAX, TagMatch, _clean, _compile, read_table
+from monitor.tags import (
+    SNIPPET_MAX, TagMatch, _clean, _compile, _join_exclude, read_tables, replaced_and_excluded,
+)
 
 __all__ = ["SURFACES", "SurfaceRule", "DEFAULT_SURFACE_RULES", "build_surface_rules", "classify",
            "surface_words", "CORE_IMPACTS"]
@@ -149,31 +151,21 @@ def build_surface_rules(config: Mapping[str, Mapping] | None,
     surface; a failure word must stand in the title too), ``components`` (core component names), ``exclude``
     (a regex of more narrowing words for every rule of that surface), ``replace`` (drop the built-in rules of
     that surface). A table for a new name adds a surface. Errors are ValueErrors naming the key."""
-    config = config or {}
-    if not isinstance(config, Mapping):
-        raise ValueError(f"surfaces: expected a table, got {type(config).__name__}")
-    replaced, extra_exclude, added = set(), {}, []
-    for name, table in config.items():
-        where = f"surfaces.{name}"
-        if not isinstance(name, str) or not _SURFACE_NAME.fullmatch(name):
-            raise ValueError(f"{where}: invalid surface name (lower-case letters, digits, '-', '_', '.')")
-        t = read_table(where, table)
+    tables = read_tables(config, "surfaces", _SURFACE_NAME,
+                         "invalid surface name (lower-case letters, digits, '-', '_', '.')")
+    added = []
+    for name, t in tables:
         added += [SurfaceRule(name=f"config:{name}/patterns[{i}]", surface=name, pattern=pattern, exclude=t.exclude)
                   for i, pattern in enumerate(t.patterns)]
         if t.components:
             added.append(SurfaceRule(name=f"config:{name}/components", surface=name, components=t.components))
-        replace, exclude = t.replace, t.exclude
-        if replace:
-            replaced.add(name)
-        elif exclude is not None:
-            extra_exclude[name] = exclude
+    replaced, extra_exclude = replaced_and_excluded(tables)
     rules = []
     for rule in defaults:
         if rule.surface in replaced:
             continue
         if rule.surface in extra_exclude:
-            rule = _dc_replace(rule, exclude=f"(?:{rule.exclude})|(?:{extra_exclude[rule.surface]})"
-                               if rule.exclude else extra_exclude[rule.surface])
+            rule = _dc_replace(rule, exclude=_join_exclude(rule.exclude, extra_exclude[rule.surface]))
         rules.append(rule)
     return tuple(rules) + tuple(added)
 

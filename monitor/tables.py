@@ -122,27 +122,24 @@ incident_components = Table(
     UniqueConstraint("incident_id", "key"),
 )
 
-# Why an incident counts as upload-related: the tag, the rule and the text it matched.
-tags = Table(
-    "tags", metadata, _id(), _incident_fk(),
-    Column("tag", Text, nullable=False),
-    Column("rule", Text, nullable=False),
-    Column("field", Text, nullable=False),
-    Column("text", Text, nullable=False),
-    UniqueConstraint("incident_id", "tag"),
-    Index("ix_tags_tag", "tag"),
-)
+def _evidence(name: str, key: str) -> Table:
+    """A table of evidence about incidents: one row per incident and `key`, with the rule and the text that
+    gave it."""
+    return Table(
+        name, metadata, _id(), _incident_fk(),
+        Column(key, Text, nullable=False),
+        Column("rule", Text, nullable=False),
+        Column("field", Text, nullable=False),
+        Column("text", Text, nullable=False),
+        UniqueConstraint("incident_id", key),
+        Index(f"ix_{name}_{key}", key),
+    )
 
+
+# Why an incident counts as upload-related: the tag, the rule and the text it matched.
+tags = _evidence("tags", "tag")
 # A surface (chatgpt, api, ...) the incident takes down broadly: the rule and the text that said so.
-surfaces = Table(
-    "surfaces", metadata, _id(), _incident_fk(),
-    Column("surface", Text, nullable=False),
-    Column("rule", Text, nullable=False),
-    Column("field", Text, nullable=False),
-    Column("text", Text, nullable=False),
-    UniqueConstraint("incident_id", "surface"),
-    Index("ix_surfaces_surface", "surface"),
-)
+surfaces = _evidence("surfaces", "surface")
 
 # A message decided in the same transaction as the change it reports; delivered later, once per key.
 outbox = Table(

@@ -323,6 +323,27 @@ def read_table(where: str, table: object) -> RuleTable:
     return RuleTable(tuple(patterns), tuple(c.strip() for c in components), exclude, replace)
 
 
+def read_tables(config: object, section: str, name_rx: re.Pattern[str],
+                bad_name: str) -> list[tuple[str, RuleTable]]:
+    """The `[<section>.<name>]` tables of the config (`tags`, `surfaces`), each name and table checked."""
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{section}: expected a table, got {type(config).__name__}")
+    out = []
+    for name, table in config.items():
+        if not isinstance(name, str) or not name_rx.fullmatch(name):
+            raise ValueError(f"{section}.{name}: {bad_name}")
+        out.append((name, read_table(f"{section}.{name}", table)))
+    return out
+
+
+def replaced_and_excluded(tables: list[tuple[str, RuleTable]]) -> tuple[set[str], dict[str, str]]:
+    """The names whose built-in rules a table replaces, and the extra exclude of the others that have one."""
+    return ({name for name, t in tables if t.replace},
+            {name: t.exclude for name, t in tables if not t.replace and t.exclude is not None})
+
+
 def build_rules(config_tags: Mapping[str, Mapping] | None, defaults: Sequence[Rule] = DEFAULT_RULES) -> tuple[Rule, ...]:
     """Config ``[tags.<tag>]`` tables -> rules.
 
@@ -334,29 +355,15 @@ def build_rules(config_tags: Mapping[str, Mapping] | None, defaults: Sequence[Ru
     error messages) and ``config:<tag>/components``. Errors are ValueErrors naming the key, e.g.
     ``tags.file-upload.patterns[1]: invalid regex: ...`` or ``tags.file-upload: unknown key 'x'``.
     """
-    if config_tags is None:
-        config_tags = {}
-    if not isinstance(config_tags, Mapping):
-        raise ValueError(f"tags: expected a table, got {type(config_tags).__name__}")
-
-    replaced: set[str] = set()
-    extra_exclude: dict[str, str] = {}
+    tables = read_tables(config_tags, "tags", _TAG_NAME,
+                         "invalid tag name (letters, digits, '-', '_', '.'; at most 100 chars)")
     added: list[Rule] = []
-    for tag, table in config_tags.items():
-        if not isinstance(tag, str) or not _TAG_NAME.fullmatch(tag):
-            raise ValueError(f"tags.{tag}: invalid tag name (letters, digits, '-', '_', '.'; at most 100 chars)")
-        where = f"tags.{tag}"
-        t = read_table(where, table)
+    for tag, t in tables:
         added += [Rule(name=f"config:{tag}/patterns[{i}]", tag=tag, pattern=pattern, exclude=t.exclude)
                   for i, pattern in enumerate(t.patterns)]
         if t.components:
             added.append(Rule(name=f"config:{tag}/components", tag=tag, components=t.components))
-        replace, exclude = t.replace, t.exclude
-
-        if replace:
-            replaced.add(tag)
-        elif exclude is not None:
-            extra_exclude[tag] = exclude
+    replaced, extra_exclude = replaced_and_excluded(tables)
 
     rules: list[Rule] = []
     for rule in defaults:
