@@ -15,7 +15,7 @@ from monitor.config import ConfigError
 from monitor.leader import current_leader
 from monitor.reader import Reader
 from monitor.records import iso_z, short_iso
-from monitor.verdict import CHECKLIST, age_words, broad_words, decide
+from monitor.verdict import CHECKLIST, age_words, broad_state, decide
 
 WORDS = {"wait": "WAIT", "troubleshoot-locally": "TROUBLESHOOT LOCALLY", "unknown": "UNKNOWN"}
 
@@ -183,7 +183,7 @@ def to_text(r: Report, checklist: bool = True) -> str:
         lines.append(f"    {i['status']}, impact {i['impact']}, since {short_iso(i['started_at'])} UTC"
                      + (f" (page {i['page']}, no fresh data)" if i["page"] in v.stale else ""))
         if i.get("broad") and not i.get("upload", True):
-            lines.append(f"    {broad_words(i).partition(':')[0]}: OpenAI's side, not a local problem")
+            lines.append(f"    {broad_state(i)}: OpenAI's side, not a local problem")
         if i["url"]:
             lines.append(f"    {i['url']}")
     for i in v.scheduled:

@@ -77,16 +77,27 @@ def _names(surfaces) -> str:
     return text[:1].upper() + text[1:]
 
 
-def broad_words(i: dict) -> str:
-    """How a broad outage reads: "ChatGPT is down: 'ChatGPT unavailable' (critical)", or for a maintenance
-    under way "The API is under maintenance until 14:00 UTC: 'Scheduled database upgrade'"."""
+def _maintenance(i: dict) -> bool:
+    return i.get("impact") == "maintenance" or i.get("status") in ("in_progress", "verifying")
+
+
+def broad_state(i: dict) -> str:
+    """What a broad outage does to its surfaces: "ChatGPT is down", "ChatGPT and the API are down", or for a
+    maintenance under way "The API is under maintenance until 14:00 UTC"."""
     surfaces = i.get("broad") or i.get("surfaces") or []
     verb = "are" if len(surfaces) > 1 else "is"
-    if i.get("impact") == "maintenance" or i.get("status") in ("in_progress", "verifying"):
+    if _maintenance(i):
         until = i.get("scheduled_until")
         when = f" until {until[11:16]} UTC" if isinstance(until, str) and len(until) >= 16 else ""
-        return f"{_names(surfaces)} {verb} under maintenance{when}: '{i.get('title')}'"
-    return f"{_names(surfaces)} {verb} down: '{i.get('title')}' ({i.get('impact')})"
+        return f"{_names(surfaces)} {verb} under maintenance{when}"
+    return f"{_names(surfaces)} {verb} down"
+
+
+def broad_words(i: dict) -> str:
+    """How a broad outage reads in the verdict's reason: "ChatGPT is down: 'ChatGPT unavailable' (critical)",
+    "The API is under maintenance until 14:00 UTC: 'Scheduled database upgrade'"."""
+    impact = "" if _maintenance(i) else f" ({i.get('impact')})"
+    return f"{broad_state(i)}: '{i.get('title')}'{impact}"
 
 
 def decide(open_incidents: list[dict], pages: list[PageHealth], now: datetime,

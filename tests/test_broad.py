@@ -185,3 +185,14 @@ def test_metrics_count_open_broad_outages_per_surface(tmp_path, openai_history):
     assert {s.labels["surface"]: s.value for s in broad.samples} == {"chatgpt": 1, "api": 1}
     (uploads,) = [f for f in families if f.name == "monitor_upload_incidents_open"]
     assert uploads.samples[0].value == 0
+
+
+def test_a_maintenance_with_a_planned_end_reads_whole():
+    """The planned end's "14:00" is part of the state, not where the title begins."""
+    from monitor.verdict import broad_state, broad_words
+
+    i = {"broad": ["api"], "title": "Database upgrade", "impact": "maintenance", "status": "in_progress",
+         "scheduled_until": "2026-03-02T14:00:00Z"}
+    assert broad_state(i) == "The API is under maintenance until 14:00 UTC"
+    assert broad_words(i) == "The API is under maintenance until 14:00 UTC: 'Database upgrade'"
+    assert broad_state({"broad": ["chatgpt", "api"], "impact": "major"}) == "ChatGPT and the API are down"

@@ -15,7 +15,7 @@ from monitor.models import Incident, Page, ProbeResult, Update
 from monitor.reader import Reader
 from monitor.records import CLOSED_STATUSES, parse_iso
 from monitor.text import TITLE_MAX, cap, clean_line, clean_text, safe_link, utc_words
-from monitor.verdict import CHECKLIST, age_words, broad_words
+from monitor.verdict import CHECKLIST, age_words, broad_state
 
 IMPACT_ORDER = ("none", "minor", "major", "critical")
 SHAPES = {"none": "circle", "minor": "circle", "major": "square", "critical": "diamond"}
@@ -73,7 +73,7 @@ def gather(session, settings, *, since: datetime | None = None) -> dict:
             .order_by(Update.published_at.desc().nulls_last(), Update.id.desc()).limit(1)).first()
         open_ones.append({
             **incident_view(d, None, now), "stale": d["page"] in report.verdict.stale,
-            "broad_words": broad_words(d).partition(":")[0] if d.get("broad") and not d.get("upload", True) else "",
+            "broad_words": broad_state(d) if d.get("broad") and not d.get("upload", True) else "",
             "update_status": clean_line(latest[0]) if latest else "",
             "update_at": utc_words(latest[2]) if latest and latest[2] else "",
             "update_text": cap(clean_text(latest[1]), settings.notify.max_text_chars) if latest else ""})
